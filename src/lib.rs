@@ -1,0 +1,18 @@
+//! lxd-mutater: keeps the LXD profiles of machines and containers in line with the
+//! applications that run on them.
+//!
+//! The folders follow the pipeline, data flowing one way:
+//! `source` (files, k8s) -> `store` (desired + observed cache) -> `queue` (dedup, backoff)
+//! -> `reconcile` (plan: pure; apply: the only LXD writes) -> `lxd` (REST client, events)
+//! -> `status` (files, metrics).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod crd;
+pub mod lxd;
+pub mod queue;
+pub mod reconcile;
+pub mod resource;
+pub mod source;
+pub mod status;
+pub mod store;

@@ -1,0 +1,202 @@
+//! The expected profile list of an instance (SPEC §3), as a pure function.
+
+use crate::lxd::ProfileContent;
+use crate::resource::{Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules};
+use crate::store::{OWNER_KEY, OWNER_VALUE};
+
+/// A charm profile the instance needs, with the content it must have (without the owner
+/// key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CharmProfile {
+    pub name: String,
+    pub content: ProfileContent,
+}
+
+/// The instance's expected profile list, in order, and what it needs to exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedProfiles {
+    pub list: Vec<String>,
+    /// The model profile, for a Machine (`juju-{model}`): created if missing.
+    pub model_profile: Option<String>,
+    pub charm_profiles: Vec<CharmProfile>,
+}
+
+/// Why an instance has no expected list.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExpectedError {
+    #[error("application {0:?} not found in model {1:?}")]
+    MissingApplication(String, String),
+    /// A charm profile breaks Juju's rules (SPEC §4) and the application is not forced.
+    #[error("{0}")]
+    InvalidProfile(String),
+    #[error("{0}")]
+    InvalidName(String),
+}
+
+/// The content the controller writes for a charm profile, owner key excluded.
+pub fn charm_content(p: &LxdProfile) -> ProfileContent {
+    ProfileContent {
+        description: p.description.clone(),
+        config: p.config.clone(),
+        devices: p.devices.clone(),
+    }
+}
+
+/// Juju's content for the model profile.
+pub fn model_profile_content() -> ProfileContent {
+    let mut c = ProfileContent::default();
+    c.config.insert("boot.autostart".into(), "true".into());
+    c.config.insert("security.nesting".into(), "true".into());
+    c
+}
+
+/// Content as written to LXD: with the owner key.
+pub fn owned(content: &ProfileContent) -> ProfileContent {
+    let mut c = content.clone();
+    c.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
+    c
+}
+
+/// Base profiles (`default`, then `juju-{model}` for a Machine), then `extraProfiles`,
+/// then the charm profile of each application whose profile is not empty, in list
+/// order; duplicates dropped, the first kept.
+pub fn expected_profiles<'a>(
+    flavour: Kind,
+    workload: &Workload,
+    application: impl Fn(&str) -> Option<&'a Application>,
+    names: &ProfileNames,
+) -> Result<ExpectedProfiles, ExpectedError> {
+    let model = &workload.metadata.namespace;
+    let mut list: Vec<String> = vec!["default".into()];
+    let model_profile = (flavour == Kind::Machine).then(|| names.model_profile(model));
+    list.extend(model_profile.clone());
+    list.extend(workload.spec.extra_profiles.iter().cloned());
+    let mut charm_profiles = Vec::new();
+    for app_name in &workload.spec.applications {
+        let app = application(app_name)
+            .ok_or_else(|| ExpectedError::MissingApplication(app_name.clone(), model.clone()))?;
+        let Some(profile) = app.spec.lxd_profile.as_ref().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let violations = if app.spec.force { vec![] } else { check_rules(profile) };
+        if !violations.is_empty() {
+            let all: Vec<String> = violations.into_iter().map(|v| v.message).collect();
+            return Err(ExpectedError::InvalidProfile(format!(
+                "application {app_name:?}: {}",
+                all.join("; ")
+            )));
+        }
+        let name = names.charm_profile(model, app_name, app.spec.revision);
+        crate::resource::names::check_profile_name(&name).map_err(ExpectedError::InvalidName)?;
+        list.push(name.clone());
+        charm_profiles.push(CharmProfile {
+            name,
+            content: charm_content(profile),
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    list.retain(|p| seen.insert(p.clone()));
+    let mut seen = std::collections::HashSet::new();
+    charm_profiles.retain(|p| seen.insert(p.name.clone()));
+    Ok(ExpectedProfiles {
+        list,
+        model_profile,
+        charm_profiles,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Resource, parse_str};
+
+    fn load(yaml: &str) -> Vec<Resource> {
+        let p = parse_str("t.yaml", yaml);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        p.resources.into_iter().map(|l| l.resource).collect()
+    }
+
+    fn expect(yaml: &str) -> Result<Vec<String>, ExpectedError> {
+        let rs = load(yaml);
+        let apps: Vec<&Application> = rs
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Application(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let (flavour, w) = rs
+            .iter()
+            .find_map(|r| match r {
+                Resource::Machine(w) => Some((Kind::Machine, w)),
+                Resource::Container(w) => Some((Kind::Container, w)),
+                _ => None,
+            })
+            .unwrap();
+        expected_profiles(
+            flavour,
+            w,
+            |n| apps.iter().copied().find(|a| a.metadata.name == n),
+            &ProfileNames::default(),
+        )
+        .map(|e| e.list)
+    }
+
+    const APPS: &str = "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: one, namespace: m}\nspec: {revision: 3, lxdProfile: {config: {security.nesting: true}}}\n---\napiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: two, namespace: m}\nspec: {revision: 5, lxdProfile: {devices: {tun: {type: unix-char, path: /dev/net/tun}}}}\n---\napiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: none, namespace: m}\nspec: {revision: 1}\n---\napiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: empty, namespace: m}\nspec: {revision: 1, lxdProfile: {description: nothing, config: {}}}\n---\n";
+
+    fn machine(spec: &str) -> String {
+        format!("{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {spec}\n")
+    }
+
+    #[test]
+    fn machine_base_is_default_then_model_then_extras_then_charms_in_order() {
+        assert_eq!(
+            expect(&machine("{applications: [two, one], extraProfiles: [ops]}")).unwrap(),
+            vec!["default", "juju-m", "ops", "juju-m-two-5", "juju-m-one-3"]
+        );
+    }
+
+    #[test]
+    fn container_base_is_default_only() {
+        let yaml = format!("{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Container\nmetadata: {{name: c, namespace: m}}\nspec: {{machine: '0', applications: [one]}}\n");
+        assert_eq!(expect(&yaml).unwrap(), vec!["default", "juju-m-one-3"]);
+    }
+
+    #[test]
+    fn applications_without_or_with_empty_profiles_add_nothing() {
+        assert_eq!(
+            expect(&machine("{applications: [none, empty, one]}")).unwrap(),
+            vec!["default", "juju-m", "juju-m-one-3"]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_dropped_keeping_the_first() {
+        assert_eq!(
+            expect(&machine("{applications: [one, two, one], extraProfiles: [default, x, x]}")).unwrap(),
+            vec!["default", "juju-m", "x", "juju-m-one-3", "juju-m-two-5"]
+        );
+    }
+
+    #[test]
+    fn a_missing_application_is_an_error() {
+        assert_eq!(
+            expect(&machine("{applications: [one, ghost]}")),
+            Err(ExpectedError::MissingApplication("ghost".into(), "m".into()))
+        );
+    }
+
+    #[test]
+    fn a_profile_that_breaks_the_rules_is_an_error_unless_forced() {
+        let bad = APPS.replace("{config: {security.nesting: true}}", "{config: {limits.cpu: '2'}}");
+        let yaml = format!("{bad}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {{applications: [one]}}\n");
+        assert_eq!(
+            expect(&yaml),
+            Err(ExpectedError::InvalidProfile(
+                "application \"one\": invalid lxd-profile: contains config value \"limits.cpu\"".into()
+            ))
+        );
+        let forced = yaml.replace("spec: {revision: 3,", "spec: {force: true, revision: 3,");
+        assert_eq!(expect(&forced).unwrap(), vec!["default", "juju-m", "juju-m-one-3"]);
+    }
+}

@@ -1,0 +1,172 @@
+//! The desired state: every resource the source holds now, and an index from each
+//! Application to the Machines and Containers that name it, so that a changed
+//! Application enqueues exactly those (no scan of the fleet).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::resource::{Application, Kind, Resource, ResourceKey, Workload};
+
+/// An application's identity: namespace (model) and name.
+pub type AppKey = (String, String);
+
+#[derive(Debug, Default)]
+pub struct Desired {
+    apps: HashMap<AppKey, Arc<Application>>,
+    workloads: BTreeMap<ResourceKey, Arc<Workload>>,
+    by_app: HashMap<AppKey, BTreeSet<ResourceKey>>,
+}
+
+impl Desired {
+    /// Adds or replaces a resource. Returns the Machines and Containers whose desired
+    /// profiles may have changed (none if the resource is unchanged).
+    pub fn upsert(&mut self, resource: Resource) -> Vec<ResourceKey> {
+        let key = resource.key();
+        match resource {
+            Resource::Application(a) => {
+                let app_key = (key.namespace.clone(), key.name.clone());
+                if self.apps.get(&app_key).is_some_and(|old| old.spec == a.spec) {
+                    return vec![];
+                }
+                self.apps.insert(app_key.clone(), Arc::new(a));
+                self.users_of(&app_key)
+            }
+            Resource::Machine(w) | Resource::Container(w) => {
+                if self.workloads.get(&key).is_some_and(|old| old.spec == w.spec) {
+                    return vec![];
+                }
+                self.unindex(&key);
+                for app in &w.spec.applications {
+                    self.by_app
+                        .entry((key.namespace.clone(), app.clone()))
+                        .or_default()
+                        .insert(key.clone());
+                }
+                self.workloads.insert(key.clone(), Arc::new(w));
+                vec![key]
+            }
+        }
+    }
+
+    /// Forgets a resource (it is no longer managed: nothing changes in LXD for it).
+    /// Returns the keys to reconcile again.
+    pub fn remove(&mut self, key: &ResourceKey) -> Vec<ResourceKey> {
+        match key.kind {
+            Kind::Application => {
+                let app_key = (key.namespace.clone(), key.name.clone());
+                if self.apps.remove(&app_key).is_none() {
+                    return vec![];
+                }
+                self.users_of(&app_key)
+            }
+            Kind::Machine | Kind::Container => {
+                self.unindex(key);
+                if self.workloads.remove(key).is_some() {
+                    vec![key.clone()]
+                } else {
+                    vec![]
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: &ResourceKey) {
+        if let Some(old) = self.workloads.get(key) {
+            for app in &old.spec.applications {
+                let app_key = (key.namespace.clone(), app.clone());
+                if let Some(set) = self.by_app.get_mut(&app_key) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.by_app.remove(&app_key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn users_of(&self, app: &AppKey) -> Vec<ResourceKey> {
+        self.by_app
+            .get(app)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn application(&self, namespace: &str, name: &str) -> Option<&Arc<Application>> {
+        self.apps.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn workload(&self, key: &ResourceKey) -> Option<&Arc<Workload>> {
+        self.workloads.get(key)
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<Workload>)> {
+        self.workloads.iter()
+    }
+
+    pub fn applications(&self) -> impl Iterator<Item = &Arc<Application>> {
+        self.apps.values()
+    }
+
+    /// Every resource key held, for a source to compute what went away.
+    pub fn keys(&self) -> Vec<ResourceKey> {
+        let mut out: Vec<ResourceKey> = self.workloads.keys().cloned().collect();
+        out.extend(
+            self.apps
+                .keys()
+                .map(|(ns, n)| ResourceKey::new(Kind::Application, ns, n)),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::parse_str;
+
+    fn res(yaml: &str) -> Resource {
+        let p = parse_str("t.yaml", yaml);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        p.resources.into_iter().next().unwrap().resource
+    }
+
+    fn machine(name: &str, apps: &str) -> Resource {
+        res(&format!(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '{name}'}}\nspec: {{instance: i{name}, applications: [{apps}]}}\n"
+        ))
+    }
+
+    fn app(name: &str, rev: u64) -> Resource {
+        res(&format!(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec: {{revision: {rev}}}\n"
+        ))
+    }
+
+    #[test]
+    fn a_changed_application_enqueues_exactly_the_machines_that_name_it() {
+        let mut d = Desired::default();
+        d.upsert(machine("0", "a, b"));
+        d.upsert(machine("1", "b"));
+        d.upsert(machine("2", "c"));
+        let keys: Vec<String> = d.upsert(app("b", 1)).iter().map(|k| k.name.clone()).collect();
+        assert_eq!(keys, vec!["0", "1"]);
+        assert!(d.upsert(app("b", 1)).is_empty(), "unchanged: nothing to do");
+        d.upsert(machine("1", "c"));
+        let keys: Vec<String> = d.upsert(app("b", 2)).iter().map(|k| k.name.clone()).collect();
+        assert_eq!(keys, vec!["0"], "the index follows the machine's edit");
+        let keys: Vec<String> = d
+            .remove(&ResourceKey::new(Kind::Application, "default", "b"))
+            .iter()
+            .map(|k| k.name.clone())
+            .collect();
+        assert_eq!(keys, vec!["0"]);
+    }
+
+    #[test]
+    fn an_unchanged_machine_is_not_enqueued() {
+        let mut d = Desired::default();
+        assert_eq!(d.upsert(machine("0", "a")).len(), 1);
+        assert!(d.upsert(machine("0", "a")).is_empty());
+        assert_eq!(d.upsert(machine("0", "a, b")).len(), 1);
+    }
+}

@@ -1,0 +1,175 @@
+//! The observed LXD state: instance profile lists and profiles, as last listed or written.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::lxd::{Instance, Profile, ProfileContent};
+
+/// Profiles the controller creates carry this config key; it never rewrites or deletes a
+/// profile without it, and ignores it when comparing content.
+pub const OWNER_KEY: &str = "user.lxd-mutater.owner";
+pub const OWNER_VALUE: &str = "lxd-mutater";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedProfile {
+    /// The content, without the owner key.
+    pub content: ProfileContent,
+    pub owned: bool,
+    /// Instances that use the profile.
+    pub used_by: BTreeSet<String>,
+}
+
+impl ObservedProfile {
+    fn from_lxd(p: Profile) -> (String, ObservedProfile) {
+        let used_by = p.used_by_instances().map(str::to_string).collect();
+        let mut content = p.content;
+        let owned = content.config.remove(OWNER_KEY).is_some();
+        (
+            p.name,
+            ObservedProfile {
+                content,
+                owned,
+                used_by,
+            },
+        )
+    }
+}
+
+/// What LXD holds, as far as the controller knows.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    instances: HashMap<String, Vec<String>>,
+    profiles: HashMap<String, ObservedProfile>,
+    listed: bool,
+}
+
+impl Observed {
+    /// Replaces everything with a full listing.
+    pub fn replace(&mut self, instances: Vec<Instance>, profiles: Vec<Profile>) {
+        self.instances = instances.into_iter().map(|i| (i.name, i.profiles)).collect();
+        self.profiles = profiles.into_iter().map(ObservedProfile::from_lxd).collect();
+        self.listed = true;
+    }
+
+    /// Whether a full listing has been loaded (no deletion before it).
+    pub fn is_listed(&self) -> bool {
+        self.listed
+    }
+
+    pub fn instance_profiles(&self, instance: &str) -> Option<&[String]> {
+        self.instances.get(instance).map(Vec::as_slice)
+    }
+
+    pub fn profile(&self, name: &str) -> Option<&ObservedProfile> {
+        self.profiles.get(name)
+    }
+
+    pub fn profiles(&self) -> impl Iterator<Item = (&String, &ObservedProfile)> {
+        self.profiles.iter()
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// An instance's profile list was set (by us, or seen in an event or a GET).
+    pub fn set_instance_profiles(&mut self, instance: &str, profiles: &[String]) {
+        if let Some(old) = self.instances.get(instance) {
+            for p in old {
+                if let Some(op) = self.profiles.get_mut(p) {
+                    op.used_by.remove(instance);
+                }
+            }
+        }
+        for p in profiles {
+            if let Some(op) = self.profiles.get_mut(p) {
+                op.used_by.insert(instance.to_string());
+            }
+        }
+        self.instances
+            .insert(instance.to_string(), profiles.to_vec());
+    }
+
+    pub fn remove_instance(&mut self, instance: &str) {
+        if let Some(old) = self.instances.remove(instance) {
+            for p in old {
+                if let Some(op) = self.profiles.get_mut(&p) {
+                    op.used_by.remove(instance);
+                }
+            }
+        }
+    }
+
+    /// A profile was created or its content replaced (content without the owner key).
+    pub fn set_profile(&mut self, name: &str, content: ProfileContent, owned: bool) {
+        let used_by = self
+            .instances
+            .iter()
+            .filter(|(_, ps)| ps.iter().any(|p| p == name))
+            .map(|(i, _)| i.clone())
+            .collect();
+        self.profiles.insert(
+            name.to_string(),
+            ObservedProfile {
+                content,
+                owned,
+                used_by,
+            },
+        );
+    }
+
+    /// A profile read from LXD (an event or a GET).
+    pub fn put_lxd_profile(&mut self, p: Profile) {
+        let (name, op) = ObservedProfile::from_lxd(p);
+        self.profiles.insert(name, op);
+    }
+
+    pub fn remove_profile(&mut self, name: &str) {
+        self.profiles.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(name: &str, owned: bool, used_by: &[&str]) -> Profile {
+        let mut content = ProfileContent::default();
+        if owned {
+            content.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
+        }
+        content.config.insert("security.nesting".into(), "true".into());
+        Profile {
+            name: name.into(),
+            content,
+            used_by: used_by.iter().map(|i| format!("/1.0/instances/{i}?project=p")).collect(),
+        }
+    }
+
+    #[test]
+    fn owner_key_is_recognised_and_left_out_of_the_content() {
+        let mut o = Observed::default();
+        o.replace(vec![], vec![profile("a", true, &[]), profile("b", false, &["i"])]);
+        assert!(o.profile("a").unwrap().owned);
+        assert!(!o.profile("b").unwrap().owned);
+        assert!(!o.profile("a").unwrap().content.config.contains_key(OWNER_KEY));
+        assert_eq!(o.profile("b").unwrap().used_by.len(), 1);
+    }
+
+    #[test]
+    fn our_own_writes_keep_used_by_true() {
+        let mut o = Observed::default();
+        let i = Instance {
+            name: "i".into(),
+            profiles: vec!["default".into(), "a".into()],
+            status: String::new(),
+        };
+        o.replace(vec![i], vec![profile("default", false, &["i"]), profile("a", true, &["i"])]);
+        o.set_instance_profiles("i", &["default".into()]);
+        assert!(o.profile("a").unwrap().used_by.is_empty());
+        o.set_profile("b", ProfileContent::default(), true);
+        o.set_instance_profiles("i", &["default".into(), "b".into()]);
+        assert_eq!(o.profile("b").unwrap().used_by.len(), 1);
+        o.remove_instance("i");
+        assert!(o.profile("b").unwrap().used_by.is_empty());
+    }
+}
