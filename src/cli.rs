@@ -39,6 +39,122 @@ pub enum Command {
     },
     /// Print the CustomResourceDefinitions of the three kinds (what crds/ holds).
     Crds,
+    /// Run the controller: keep LXD in line with the resources, until stopped.
+    ///
+    /// Reads every *.yaml/*.yml under --resources (edits are picked up within a second),
+    /// lists LXD, and reconciles each Machine and Container: creates missing charm
+    /// profiles, rewrites owned ones whose content drifted, sets each drifted instance's
+    /// profile list with one PATCH, deletes owned profiles nothing uses any more.
+    /// Statuses go to --state-dir, never into the resource files.
+    Run(RunArgs),
+    /// Show what `run` would change, and change nothing.
+    ///
+    /// Exit code: 0 in sync, 2 drift, 1 error.
+    Diff(DiffArgs),
+    /// Show resources and their status, as the controller last wrote it.
+    Get(GetArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ResourcesArg {
+    /// Directory of resource files (read recursively).
+    #[arg(long, env = "LXD_MUTATER_RESOURCES", value_name = "DIR")]
+    pub resources: PathBuf,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LxdArgs {
+    /// LXD to talk to: unix:///path/unix.socket or https://host:8443. Default:
+    /// $LXD_SOCKET, else $LXD_DIR/unix.socket, else the snap socket, else Debian's.
+    #[arg(long, env = "LXD_MUTATER_LXD", value_name = "URL")]
+    pub lxd: Option<String>,
+    /// LXD project to work in.
+    #[arg(long, env = "LXD_MUTATER_LXD_PROJECT", default_value = "default", value_name = "P")]
+    pub lxd_project: String,
+    /// Client certificate (PEM) for https.
+    #[arg(long, env = "LXD_MUTATER_LXD_CLIENT_CERT", value_name = "FILE")]
+    pub lxd_client_cert: Option<PathBuf>,
+    /// Client key (PEM) for https.
+    #[arg(long, env = "LXD_MUTATER_LXD_CLIENT_KEY", value_name = "FILE")]
+    pub lxd_client_key: Option<PathBuf>,
+    /// The server certificate to pin (PEM) for https; no other is ever accepted.
+    #[arg(long, env = "LXD_MUTATER_LXD_SERVER_CERT", value_name = "FILE")]
+    pub lxd_server_cert: Option<PathBuf>,
+    /// Charm profile name template.
+    #[arg(long, env = "LXD_MUTATER_CHARM_PROFILE_TEMPLATE", default_value = crate::resource::names::DEFAULT_CHARM_TEMPLATE)]
+    pub charm_profile_template: String,
+    /// Model profile name template.
+    #[arg(long, env = "LXD_MUTATER_MODEL_PROFILE_TEMPLATE", default_value = crate::resource::names::DEFAULT_MODEL_TEMPLATE)]
+    pub model_profile_template: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub resources: ResourcesArg,
+    #[command(flatten)]
+    pub lxd: LxdArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub resources: ResourcesArg,
+    #[command(flatten)]
+    pub lxd: LxdArgs,
+    /// Where statuses are written. Default: $STATE_DIRECTORY, else /var/lib/lxd-mutater
+    /// as root, else $XDG_STATE_HOME/lxd-mutater.
+    #[arg(long, env = "LXD_MUTATER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "LXD_MUTATER_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Resources reconciled at once.
+    #[arg(long, env = "LXD_MUTATER_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+    /// Full relisting of LXD and re-check of every resource (30s, 5m, 1h), with jitter.
+    #[arg(long, env = "LXD_MUTATER_RESYNC", default_value = "10m", value_parser = parse_duration)]
+    pub resync: std::time::Duration,
+    /// First retry delay after a failure; doubles on each failure.
+    #[arg(long, env = "LXD_MUTATER_BACKOFF_BASE", default_value = "500ms", value_parser = parse_duration)]
+    pub backoff_base: std::time::Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "LXD_MUTATER_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: std::time::Duration,
+    /// Detect and report drift (status Drifted) and change nothing in LXD.
+    #[arg(long, env = "LXD_MUTATER_DRY_RUN")]
+    pub dry_run: bool,
+    /// One pass over every resource, then exit: 0 when all are Applied, Pending or
+    /// Skipped, 1 otherwise (one line per resource that is not).
+    #[arg(long, env = "LXD_MUTATER_ONCE")]
+    pub once: bool,
+    /// Container controller only: take the containers whose spec.machine is NAME.
+    #[arg(long, env = "LXD_MUTATER_MACHINE", value_name = "NAME")]
+    pub machine: Option<String>,
+    /// Log format.
+    #[arg(long, env = "LXD_MUTATER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Log filter (an env-filter expression, e.g. info or lxd_mutater=debug).
+    #[arg(long, env = "LXD_MUTATER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GetArgs {
+    /// machines, containers or applications.
+    #[arg(value_parser = ["machines", "containers", "applications", "machine", "container", "application"])]
+    pub kind: String,
+    /// Where the controller writes statuses (found as `run` finds it).
+    #[arg(long, env = "LXD_MUTATER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "yaml", "json"])]
+    pub output: String,
+}
+
+/// `30s`, `5m`, `1h`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
 }
 
 /// Runs the command line; the process's exit code.
@@ -47,6 +163,26 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { paths } => validate(&paths),
         Command::Crds => crds(),
+        Command::Run(args) => runtime(crate::run::run(args)),
+        Command::Diff(args) => runtime(crate::run::diff(args.lxd, args.resources)),
+        Command::Get(args) => crate::run::get(args),
+    }
+}
+
+fn runtime(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

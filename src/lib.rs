@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod lxd;
 pub mod queue;
 pub mod reconcile;
+pub mod run;
 pub mod resource;
 pub mod source;
 pub mod status;

@@ -3,3 +3,4 @@
 //! A source only reads; it hands resources to the store and never talks to LXD.
 
 pub mod files;
+pub mod watch;

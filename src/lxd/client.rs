@@ -1,0 +1,507 @@
+//! The REST client: one keep-alive connection pool, `?project=` on every call, LXD's
+//! envelopes and operations turned into values or `LxdError`s.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::endpoint::Endpoint;
+use super::error::LxdError;
+use super::tls;
+use super::types::{
+    Instance, Profile, ProfileContent, ServerInfo, WireProfile, WireServer, encode_component,
+};
+
+/// The per-request timeout unless `with_timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The seam the reconciler is written against: the real client implements it, a fake
+/// does in unit tests.
+pub trait LxdApi: Send + Sync + 'static {
+    /// `GET /1.0/instances?recursion=1`.
+    fn list_instances(&self) -> impl Future<Output = Result<Vec<Instance>, LxdError>> + Send;
+    /// `GET /1.0/profiles?recursion=1`.
+    fn list_profiles(&self) -> impl Future<Output = Result<Vec<Profile>, LxdError>> + Send;
+    /// `PATCH /1.0/instances/<n>` with `{"profiles": [...]}` only: no other field of the
+    /// instance can be clobbered. `if_match` is an ETag from `get_instance`.
+    fn set_instance_profiles(
+        &self,
+        instance: &str,
+        profiles: &[String],
+        if_match: Option<&str>,
+    ) -> impl Future<Output = Result<(), LxdError>> + Send;
+    /// `POST /1.0/profiles`.
+    fn create_profile(
+        &self,
+        name: &str,
+        content: &ProfileContent,
+    ) -> impl Future<Output = Result<(), LxdError>> + Send;
+    /// `PUT /1.0/profiles/<n>`: the whole content, so removed devices and keys disappear
+    /// (a `PATCH` cannot remove them). Synchronous on LXD 5.0, an operation from 6.x.
+    fn replace_profile(
+        &self,
+        name: &str,
+        content: &ProfileContent,
+        if_match: Option<&str>,
+    ) -> impl Future<Output = Result<(), LxdError>> + Send;
+    /// `DELETE /1.0/profiles/<n>`; a profile still in use gives `LxdError::InUse`.
+    fn delete_profile(&self, name: &str) -> impl Future<Output = Result<(), LxdError>> + Send;
+}
+
+/// Instrumentation hook: called once per HTTP request (an operation wait is a request of
+/// its own, method `GET`). `code` is `None` when no response came.
+pub trait RequestObserver: Send + Sync {
+    fn observe(&self, method: &str, code: Option<u16>, elapsed: Duration);
+}
+
+/// A client for one LXD project. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct LxdClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    http: reqwest::Client,
+    /// `http://lxd` for the socket, `https://host:port` otherwise.
+    base: String,
+    project: String,
+    endpoint: Endpoint,
+    /// The pinned TLS config, kept for the events websocket.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl std::fmt::Debug for LxdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LxdClient")
+            .field("endpoint", &self.inner.endpoint.display())
+            .field("project", &self.inner.project)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// LXD's response envelope, all three types.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    error_code: u16,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    metadata: Value,
+}
+
+/// The part of an operation that says how it ended.
+#[derive(Deserialize)]
+struct Operation {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    status_code: u16,
+    #[serde(default)]
+    err: String,
+}
+
+#[derive(Serialize)]
+struct NewProfile<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    content: &'a ProfileContent,
+}
+
+#[derive(Serialize)]
+struct ProfilesPatch<'a> {
+    profiles: &'a [String],
+}
+
+impl LxdClient {
+    /// A client for `project` ("default" included) at `endpoint`. Reads and checks the
+    /// certificate files of an HTTPS endpoint; does not connect.
+    pub fn new(endpoint: &Endpoint, project: &str) -> Result<Self, LxdError> {
+        if project.is_empty() {
+            return Err(LxdError::Config {
+                reason: "the LXD project name is empty".into(),
+            });
+        }
+        let builder = reqwest::Client::builder()
+            .user_agent(concat!("lxd-mutater/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60));
+        let (builder, base, tls) = match endpoint {
+            Endpoint::Unix(path) => (
+                builder.unix_socket(path.as_path()),
+                "http://lxd".to_string(),
+                None,
+            ),
+            Endpoint::Https {
+                url,
+                client_cert,
+                client_key,
+                server_cert,
+            } => {
+                let config = tls::client_config(client_cert, client_key, server_cert)?;
+                (
+                    builder.tls_backend_preconfigured((*config).clone()),
+                    url.trim_end_matches('/').to_string(),
+                    Some(config),
+                )
+            }
+        };
+        let http = builder.build().map_err(|e| LxdError::Config {
+            reason: format!("cannot build the HTTP client: {}", error_chain(&e)),
+        })?;
+        Ok(LxdClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                project: project.to_string(),
+                endpoint: endpoint.clone(),
+                tls,
+                timeout: DEFAULT_TIMEOUT,
+                observer: None,
+            }),
+        })
+    }
+
+    /// Reports every HTTP request to `observer` (metrics).
+    pub fn with_observer(self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.map_inner(|inner| inner.observer = Some(observer))
+    }
+
+    /// The per-request timeout (connect, send and the whole body). An operation wait gets
+    /// this on top of the time it asks LXD to wait.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.map_inner(|inner| inner.timeout = timeout)
+    }
+
+    fn map_inner(self, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        f(&mut inner);
+        LxdClient {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn project(&self) -> &str {
+        &self.inner.project
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    pub(crate) fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner.tls.clone()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// One instance and its ETag (for `If-Match`).
+    pub async fn get_instance(&self, name: &str) -> Result<(Instance, Option<String>), LxdError> {
+        let path = format!("/1.0/instances/{}", encode_component(name));
+        let (etag, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
+        Ok((decode(&path, metadata)?, etag))
+    }
+
+    /// One profile and its ETag (for `If-Match`).
+    pub async fn get_profile(&self, name: &str) -> Result<(Profile, Option<String>), LxdError> {
+        let path = format!("/1.0/profiles/{}", encode_component(name));
+        let (etag, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
+        let wire: WireProfile = decode(&path, metadata)?;
+        Ok((wire.into(), etag))
+    }
+
+    /// `GET /1.0`: the API version, extensions and server version.
+    pub async fn server(&self) -> Result<ServerInfo, LxdError> {
+        let (_, metadata) = self.call(Method::GET, "/1.0", &[], None, None).await?;
+        let wire: WireServer = decode("/1.0", metadata)?;
+        Ok(ServerInfo {
+            api_version: wire.api_version,
+            api_extensions: wire.api_extensions,
+            server_version: wire.environment.server_version,
+        })
+    }
+
+    /// Sends one request; follows an async answer to the end of its operation. Returns
+    /// the ETag and the metadata of a sync answer (Null after an operation).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<(Option<String>, Value), LxdError> {
+        let what = format!("{method} {path}");
+        let (status, etag, envelope) = self
+            .send(method, path, query, body, if_match, self.inner.timeout)
+            .await?;
+        match envelope.kind.as_str() {
+            "sync" if status < 400 => Ok((etag, envelope.metadata)),
+            "async" if status < 400 => {
+                self.wait_operation(&what, &envelope.operation).await?;
+                Ok((etag, Value::Null))
+            }
+            "error" => Err(LxdError::from_lxd(
+                if envelope.error_code != 0 {
+                    envelope.error_code
+                } else {
+                    status
+                },
+                &envelope.error,
+            )),
+            _ if status >= 400 => Err(LxdError::from_lxd(status, &envelope.error)),
+            other => Err(LxdError::Protocol {
+                what,
+                reason: format!("unknown response type {other:?} with HTTP {status}"),
+            }),
+        }
+    }
+
+    /// Waits for an operation with LXD's own long poll and turns its failure into an error.
+    async fn wait_operation(&self, what: &str, operation: &str) -> Result<(), LxdError> {
+        // The operation URL may carry its own `?project=`; ours is added anyway and agrees.
+        let op_path = operation.split('?').next().unwrap_or_default();
+        if !op_path.starts_with("/1.0/operations/") {
+            return Err(LxdError::Protocol {
+                what: what.to_string(),
+                reason: format!("async answer without an operation URL ({operation:?})"),
+            });
+        }
+        let wait_secs = self.inner.timeout.as_secs().max(1);
+        let secs = wait_secs.to_string();
+        let wait_path = format!("{op_path}/wait");
+        let timeout = Duration::from_secs(wait_secs) + self.inner.timeout;
+        let (status, _, envelope) = self
+            .send(
+                Method::GET,
+                &wait_path,
+                &[("timeout", &secs)],
+                None,
+                None,
+                timeout,
+            )
+            .await?;
+        if envelope.kind == "error" || status >= 400 {
+            let code = if envelope.error_code != 0 {
+                envelope.error_code
+            } else {
+                status
+            };
+            return Err(LxdError::from_lxd(code, &envelope.error));
+        }
+        let op: Operation = decode(&wait_path, envelope.metadata)?;
+        match op.status_code {
+            200 => Ok(()),
+            // Still pending or running after the wait: LXD's clock ran out, not ours.
+            100..=199 => Err(LxdError::Timeout {
+                what: what.to_string(),
+                after: Duration::from_secs(wait_secs),
+            }),
+            code => {
+                let message = if op.err.is_empty() {
+                    format!("operation {}", op.status.to_lowercase())
+                } else {
+                    op.err
+                };
+                Err(LxdError::from_lxd(code, &message))
+            }
+        }
+    }
+
+    /// One HTTP request, observed; the body is read completely within `timeout`.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+        if_match: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(u16, Option<String>, Envelope), LxdError> {
+        let what = format!("{method} {path}");
+        let mut url = format!(
+            "{}{}?project={}",
+            self.inner.base,
+            path,
+            encode_component(&self.inner.project)
+        );
+        for (k, v) in query {
+            url.push('&');
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&encode_component(v));
+        }
+        let mut request = self
+            .inner
+            .http
+            .request(method.clone(), &url)
+            .timeout(timeout);
+        if let Some(etag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, etag);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let started = Instant::now();
+        let observe = |code: Option<u16>| {
+            if let Some(observer) = &self.inner.observer {
+                observer.observe(method.as_str(), code, started.elapsed());
+            }
+        };
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                observe(None);
+                return Err(self.transport_error(&what, timeout, &e));
+            }
+        };
+        let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                observe(Some(status));
+                return Err(self.transport_error(&what, timeout, &e));
+            }
+        };
+        observe(Some(status));
+        let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| {
+            let snippet: String = String::from_utf8_lossy(&bytes).chars().take(120).collect();
+            LxdError::Protocol {
+                what: what.clone(),
+                reason: format!(
+                    "HTTP {status} with a body that is not LXD JSON ({e}): {snippet:?}"
+                ),
+            }
+        })?;
+        Ok((status, etag, envelope))
+    }
+
+    fn transport_error(&self, what: &str, timeout: Duration, e: &reqwest::Error) -> LxdError {
+        if e.is_timeout() {
+            return LxdError::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            };
+        }
+        let reason = error_chain(e);
+        if e.is_decode() {
+            return LxdError::Protocol {
+                what: what.to_string(),
+                reason,
+            };
+        }
+        // Refused, missing socket, TLS handshake, reset mid-answer: no usable answer came.
+        LxdError::Unreachable {
+            endpoint: self.inner.endpoint.display(),
+            reason,
+        }
+    }
+}
+
+/// An error and its causes on one line: reqwest's own text ("error sending request")
+/// hides the cause that matters (refused, certificate, reset).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+fn decode<T: DeserializeOwned>(what: &str, metadata: Value) -> Result<T, LxdError> {
+    serde_json::from_value(metadata).map_err(|e| LxdError::Protocol {
+        what: what.to_string(),
+        reason: format!("unexpected metadata: {e}"),
+    })
+}
+
+fn to_body<T: Serialize>(value: &T) -> Result<Value, LxdError> {
+    serde_json::to_value(value).map_err(|e| LxdError::Protocol {
+        what: "request body".into(),
+        reason: e.to_string(),
+    })
+}
+
+impl LxdApi for LxdClient {
+    async fn list_instances(&self) -> Result<Vec<Instance>, LxdError> {
+        let path = "/1.0/instances";
+        let (_, metadata) = self
+            .call(Method::GET, path, &[("recursion", "1")], None, None)
+            .await?;
+        decode(path, metadata)
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<Profile>, LxdError> {
+        let path = "/1.0/profiles";
+        let (_, metadata) = self
+            .call(Method::GET, path, &[("recursion", "1")], None, None)
+            .await?;
+        let wire: Vec<WireProfile> = decode(path, metadata)?;
+        Ok(wire.into_iter().map(Profile::from).collect())
+    }
+
+    async fn set_instance_profiles(
+        &self,
+        instance: &str,
+        profiles: &[String],
+        if_match: Option<&str>,
+    ) -> Result<(), LxdError> {
+        let path = format!("/1.0/instances/{}", encode_component(instance));
+        let body = to_body(&ProfilesPatch { profiles })?;
+        self.call(Method::PATCH, &path, &[], Some(body), if_match)
+            .await
+            .map(drop)
+    }
+
+    async fn create_profile(&self, name: &str, content: &ProfileContent) -> Result<(), LxdError> {
+        let body = to_body(&NewProfile { name, content })?;
+        self.call(Method::POST, "/1.0/profiles", &[], Some(body), None)
+            .await
+            .map(drop)
+    }
+
+    async fn replace_profile(
+        &self,
+        name: &str,
+        content: &ProfileContent,
+        if_match: Option<&str>,
+    ) -> Result<(), LxdError> {
+        let path = format!("/1.0/profiles/{}", encode_component(name));
+        let body = to_body(content)?;
+        self.call(Method::PUT, &path, &[], Some(body), if_match)
+            .await
+            .map(drop)
+    }
+
+    async fn delete_profile(&self, name: &str) -> Result<(), LxdError> {
+        let path = format!("/1.0/profiles/{}", encode_component(name));
+        self.call(Method::DELETE, &path, &[], None, None)
+            .await
+            .map(drop)
+    }
+}

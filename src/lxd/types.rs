@@ -1,0 +1,169 @@
+//! What the LXD layer hands out: instances, profiles and server facts, as the rest of the
+//! controller needs them (not LXD's whole objects).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An LXD instance (container or VM), as much of it as profile reconciliation reads.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    /// The profiles in the order LXD applies them.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// LXD's status text: `Running`, `Stopped`, ...
+    #[serde(default)]
+    pub status: String,
+}
+
+/// The part of a profile the controller writes: what a charm's `lxd-profile.yaml` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProfileContent {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// An LXD profile with its content and the instances that use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub name: String,
+    pub content: ProfileContent,
+    /// LXD's raw URLs, e.g. `/1.0/instances/i-0?project=p`.
+    pub used_by: Vec<String>,
+}
+
+impl Profile {
+    /// The names of the instances in `used_by` (snapshots and other kinds of users are
+    /// skipped).
+    pub fn used_by_instances(&self) -> impl Iterator<Item = &str> {
+        self.used_by
+            .iter()
+            .filter_map(|url| instance_name_from_url(url))
+    }
+}
+
+/// Facts about the server, from `GET /1.0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub api_version: String,
+    pub api_extensions: Vec<String>,
+    pub server_version: String,
+}
+
+/// `/1.0/instances/<name>[?query]` -> `<name>`; anything deeper (snapshots) or elsewhere
+/// -> None. Names are returned as LXD wrote them: LXD's names never need escaping, and a
+/// `&str` borrowed from the URL cannot carry a decoded form.
+pub(crate) fn instance_name_from_url(url: &str) -> Option<&str> {
+    object_name_from_url(url, "/1.0/instances/")
+}
+
+/// `<prefix><name>[?query]` -> `<name>` when `<name>` is one non-empty path segment.
+pub(crate) fn object_name_from_url<'a>(url: &'a str, prefix: &str) -> Option<&'a str> {
+    let path = url.split(['?', '#']).next()?;
+    let name = path.strip_prefix(prefix)?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    Some(name)
+}
+
+/// Percent-encodes one path segment or query value (RFC 3986 unreserved characters pass).
+pub(crate) fn encode_component(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// LXD's wire form of a profile (`GET /1.0/profiles?recursion=1`).
+#[derive(Deserialize)]
+pub(crate) struct WireProfile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub used_by: Option<Vec<String>>,
+}
+
+impl From<WireProfile> for Profile {
+    fn from(w: WireProfile) -> Profile {
+        Profile {
+            name: w.name,
+            content: ProfileContent {
+                description: w.description,
+                config: w.config,
+                devices: w.devices,
+            },
+            used_by: w.used_by.unwrap_or_default(),
+        }
+    }
+}
+
+/// LXD's wire form of `GET /1.0`.
+#[derive(Deserialize)]
+pub(crate) struct WireServer {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub api_extensions: Vec<String>,
+    #[serde(default)]
+    pub environment: WireEnvironment,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct WireEnvironment {
+    #[serde(default)]
+    pub server_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_by_instances_takes_instance_names_only() {
+        let profile = Profile {
+            name: "p".into(),
+            content: ProfileContent::default(),
+            used_by: vec![
+                "/1.0/instances/i-0?project=p".into(),
+                "/1.0/instances/i-1".into(),
+                "/1.0/instances/i-2/snapshots/s0?project=p".into(),
+                "/1.0/profiles/other".into(),
+                "/1.0/instances/?project=p".into(),
+            ],
+        };
+        let names: Vec<_> = profile.used_by_instances().collect();
+        assert_eq!(names, ["i-0", "i-1"]);
+    }
+
+    #[test]
+    fn encodes_query_values() {
+        assert_eq!(encode_component("t-1_a.b~"), "t-1_a.b~");
+        assert_eq!(encode_component("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn profile_content_round_trips_as_lxd_json() {
+        let json = r#"{"name":"p","description":"d","config":{"a":"1"},"devices":{"k":{"type":"unix-char"}},"used_by":null}"#;
+        let wire: WireProfile = serde_json::from_str(json).unwrap();
+        let p = Profile::from(wire);
+        assert_eq!(p.content.config["a"], "1");
+        assert_eq!(p.content.devices["k"]["type"], "unix-char");
+        assert!(p.used_by.is_empty());
+    }
+}

@@ -1,0 +1,340 @@
+//! The commands that run the controller (`run`, `diff`) and read its statuses (`get`):
+//! the wiring of source, store, queue, reconcile, LXD and status, in one place.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use crate::cli::{GetArgs, LxdArgs, ResourcesArg, RunArgs};
+use crate::controller::{Controller, Options, run_workers};
+use crate::lxd::{Endpoint, LxdClient};
+use crate::queue::BackoffConfig;
+use crate::reconcile::Decision;
+use crate::resource::{Kind, Phase, ProfileNames};
+use crate::source::watch::{FileSnapshot, watch};
+use crate::status::files::{StatusFiles, default_state_dir, read_all};
+
+fn init_logs(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn client(args: &LxdArgs) -> anyhow::Result<(LxdClient, ProfileNames)> {
+    let endpoint = Endpoint::parse(
+        args.lxd.as_deref(),
+        args.lxd_client_cert.clone(),
+        args.lxd_client_key.clone(),
+        args.lxd_server_cert.clone(),
+    )?;
+    let lxd = LxdClient::new(&endpoint, &args.lxd_project)?;
+    let names = ProfileNames::new(&args.charm_profile_template, &args.model_profile_template)
+        .map_err(anyhow::Error::msg)?;
+    Ok((lxd, names))
+}
+
+fn load(dir: &std::path::Path) -> anyhow::Result<FileSnapshot> {
+    anyhow::ensure!(dir.is_dir(), "--resources {}: not a directory", dir.display());
+    let mut snapshot = FileSnapshot::default();
+    snapshot.rescan(dir);
+    Ok(snapshot)
+}
+
+/// `lxd-mutater run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logs(&args.log_format, &args.log_level);
+    let (lxd, names) = client(&args.lxd)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let status = StatusFiles::open(&state_dir)
+        .with_context(|| format!("state directory {}", state_dir.display()))?;
+    let opts = Options {
+        machine: args.machine.clone(),
+        workers: args.workers,
+        resync: args.resync,
+        dry_run: args.dry_run,
+        backoff: BackoffConfig {
+            base: args.backoff_base,
+            cap: args.backoff_max,
+        },
+        names,
+    };
+    let ctl = Controller::new(lxd, status, opts);
+    let root = args.resources.resources.clone();
+    let mut snapshot = load(&root)?;
+    ctl.load_snapshot(snapshot.resources());
+
+    if args.once {
+        ctl.relist().await.context("listing LXD")?;
+        ctl.enqueue_all();
+        run_workers(ctl.clone(), true).await;
+        return Ok(once_report(&ctl));
+    }
+
+    // Wait for LXD: a controller started before its LXD must not exit.
+    let mut delay = Duration::from_millis(500);
+    while let Err(e) = ctl.relist().await {
+        warn!(error = %e, "cannot list LXD; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    info!(
+        resources = %root.display(),
+        state_dir = %state_dir.display(),
+        dry_run = args.dry_run,
+        "started"
+    );
+    ctl.enqueue_all();
+    let workers = tokio::spawn(run_workers(ctl.clone(), false));
+
+    let (mut ticks, _watcher) = watch(&root, Duration::from_secs(30))
+        .with_context(|| format!("watching {}", root.display()))?;
+    let source = {
+        let ctl = ctl.clone();
+        let root = root.clone();
+        tokio::spawn(async move {
+            while ticks.recv().await.is_some() {
+                if snapshot.rescan(&root) {
+                    ctl.load_snapshot(snapshot.resources());
+                }
+            }
+        })
+    };
+    let resync = {
+        let ctl = ctl.clone();
+        let period = args.resync;
+        tokio::spawn(async move {
+            loop {
+                // Jitter of up to a tenth, so that replicas and restarts spread out.
+                let jitter = period.mul_f64(fastrand::f64() * 0.1);
+                tokio::time::sleep(period + jitter).await;
+                match ctl.relist().await {
+                    Ok(()) => ctl.enqueue_all(),
+                    Err(e) => warn!(error = %e, "resync: cannot list LXD"),
+                }
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    info!("stopping: finishing the reconciles in flight (30 s at most; a second signal exits now)");
+    ctl.queue.shutdown();
+    source.abort();
+    resync.abort();
+    tokio::select! {
+        _ = workers => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("reconciles still running after 30 s: exiting"),
+        _ = shutdown_signal() => warn!("second signal: exiting now"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `--once`: 0 when every resource is Applied, Pending or Skipped, 1 otherwise, with
+/// one line per resource that is not.
+fn once_report<L: crate::lxd::LxdApi>(ctl: &Controller<L>) -> ExitCode {
+    let keys: Vec<_> = ctl
+        .desired
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .workloads()
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut bad = 0;
+    for k in keys {
+        let Some(s) = ctl.status.get(&k) else { continue };
+        if !matches!(s.phase, Phase::Applied | Phase::Pending | Phase::Skipped) {
+            bad += 1;
+            println!("{} {}/{}: {} {}", k.kind, k.namespace, k.name, s.phase, s.message);
+        }
+    }
+    if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// `lxd-mutater diff`: 0 in sync, 2 drift, 1 error.
+pub async fn diff(lxd_args: LxdArgs, resources: ResourcesArg) -> anyhow::Result<ExitCode> {
+    init_logs("text", "warn");
+    let (lxd, names) = client(&lxd_args)?;
+    let dir = tempfile_dir()?;
+    let status = StatusFiles::open(&dir)?;
+    let opts = Options {
+        machine: None,
+        workers: 1,
+        resync: Duration::from_secs(600),
+        dry_run: true,
+        backoff: BackoffConfig::default(),
+        names,
+    };
+    let ctl = Controller::new(lxd.clone(), status, opts);
+    let snapshot = load(&resources.resources)?;
+    ctl.load_snapshot(snapshot.resources());
+    ctl.relist().await.context("listing LXD")?;
+    let (mut drift, mut errors) = (0, 0);
+    for (key, decision) in ctl.plans() {
+        let head = format!("{} {}/{}", key.kind, key.namespace, key.name);
+        match decision {
+            Decision::Skip(why) => println!("{head}: skipped ({why})"),
+            Decision::Pending => println!("{head}: pending (no instance yet)"),
+            Decision::Invalid(why) => {
+                errors += 1;
+                println!("{head}: error: {why}");
+            }
+            Decision::UnknownInstance(i) => {
+                errors += 1;
+                println!("{head}: error: instance {i:?} not found");
+            }
+            Decision::Act(p) if p.is_empty() && p.foreign.is_empty() => println!("{head}: in sync"),
+            Decision::Act(p) => {
+                drift += 1;
+                println!("{head}: drift\n{p}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else if drift > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `diff` keeps no statuses: a scratch directory it removes.
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("lxd-mutater-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// `lxd-mutater get`.
+pub fn get(args: GetArgs) -> ExitCode {
+    let kind = match args.kind.trim_end_matches('s') {
+        "machine" => Kind::Machine,
+        "container" => Kind::Container,
+        _ => Kind::Application,
+    };
+    let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let mut objects: Vec<serde_json::Value> = read_all(&dir)
+        .into_iter()
+        .filter(|o| o.get("kind").and_then(|k| k.as_str()) == Some(kind.as_str()))
+        .collect();
+    let field = |o: &serde_json::Value, path: &[&str]| -> String {
+        let mut v = o;
+        for p in path {
+            match v.get(p) {
+                Some(x) => v = x,
+                None => return String::new(),
+            }
+        }
+        match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    };
+    objects.sort_by_key(|o| (field(o, &["metadata", "namespace"]), field(o, &["metadata", "name"])));
+    match args.output.as_str() {
+        "json" => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        }
+        "yaml" => {
+            for o in &objects {
+                println!("---\n{}", serde_saphyr::to_string(o).unwrap_or_default().trim_end());
+            }
+        }
+        _ => {
+            if objects.is_empty() {
+                eprintln!("No {} found in {}.", kind.plural(), dir.display());
+                return ExitCode::SUCCESS;
+            }
+            let rows: Vec<[String; 6]> = objects
+                .iter()
+                .map(|o| {
+                    [
+                        field(o, &["metadata", "namespace"]),
+                        field(o, &["metadata", "name"]),
+                        field(o, &["spec", "instance"]),
+                        field(o, &["status", "phase"]),
+                        field(o, &["status", "profiles"]),
+                        age(&field(o, &["status", "lastTransitionTime"])),
+                    ]
+                })
+                .collect();
+            let header = ["NAMESPACE", "NAME", "INSTANCE", "PHASE", "PROFILES", "AGE"];
+            let mut widths = header.map(str::len);
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                let mut s = String::new();
+                for (i, c) in cells.iter().enumerate() {
+                    if i + 1 < cells.len() {
+                        s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+                    } else {
+                        s.push_str(c);
+                    }
+                }
+                println!("{}", s.trim_end());
+            };
+            line(header.to_vec());
+            for r in &rows {
+                line(r.iter().map(String::as_str).collect());
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `kubectl`-style age of an RFC 3339 time: 45s, 12m, 3h, 2d.
+fn age(t: &str) -> String {
+    let Ok(then) = humantime::parse_rfc3339(t) else {
+        return String::new();
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(then)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(c: Arc<Controller<LxdClient>>) -> impl Send {
+    c
+}

@@ -1,0 +1,126 @@
+//! The file source as a running thing: a snapshot of every file's last good resources,
+//! rescanned when the directory watcher says something changed and periodically (watchers
+//! miss events). A file that stops parsing keeps its last good resources.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::resource::{Problem, Resource, parse_file};
+
+use super::files::resource_files;
+
+#[derive(Debug, Default)]
+struct FileState {
+    text: String,
+    /// The last good resources of the file.
+    resources: Vec<Resource>,
+    /// The problems of the current text, if it does not parse.
+    problems: Vec<Problem>,
+}
+
+/// Every file's last good resources.
+#[derive(Debug, Default)]
+pub struct FileSnapshot {
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl FileSnapshot {
+    /// Reads the directory again; returns whether any resource may have changed. Files
+    /// whose text did not change are not parsed again.
+    pub fn rescan(&mut self, root: &Path) -> bool {
+        let (paths, dir_errors) = resource_files(root);
+        for (dir, e) in dir_errors {
+            warn!(path = %dir.display(), error = %e, "cannot read directory");
+        }
+        let present: HashSet<&PathBuf> = paths.iter().collect();
+        let before = self.files.len();
+        self.files.retain(|p, _| present.contains(p));
+        let mut changed = self.files.len() != before;
+        for path in &paths {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                // Being replaced or unreadable: keep what we had.
+                continue;
+            };
+            let state = self.files.entry(path.clone()).or_default();
+            if state.text == text && !state.text.is_empty() {
+                continue;
+            }
+            state.text = text;
+            let parsed = parse_file(path);
+            for w in &parsed.warnings {
+                warn!("{w}");
+            }
+            if parsed.errors.is_empty() {
+                if !state.problems.is_empty() {
+                    info!(file = %path.display(), "file parses again");
+                }
+                state.problems.clear();
+                state.resources = parsed.resources.into_iter().map(|l| l.resource).collect();
+                changed = true;
+            } else {
+                for p in &parsed.errors {
+                    warn!("{p} (the file's last good resources are kept)");
+                }
+                state.problems = parsed.errors;
+            }
+        }
+        changed
+    }
+
+    /// Files that do not parse now.
+    pub fn broken_files(&self) -> usize {
+        self.files.values().filter(|s| !s.problems.is_empty()).count()
+    }
+
+    /// The union of every file's resources; of two with the same key, the first file
+    /// (in path order) wins and the other is reported.
+    pub fn resources(&self) -> Vec<Resource> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (path, state) in &self.files {
+            for r in &state.resources {
+                if seen.insert(r.key()) {
+                    out.push(r.clone());
+                } else {
+                    warn!(file = %path.display(), resource = %r.key(), "defined twice: this one is ignored");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Watches `root` and sends a tick on every change (debounced) and every `rescan`.
+/// The returned watcher must be kept alive.
+pub fn watch(
+    root: &Path,
+    rescan: Duration,
+) -> Result<(mpsc::Receiver<()>, impl Drop), notify::Error> {
+    let (tx, rx) = mpsc::channel(1);
+    let ticker = tx.clone();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(100),
+        None,
+        move |_events: notify_debouncer_full::DebounceEventResult| {
+            // A full channel already holds a tick: changes coalesce.
+            let _ = tx.try_send(());
+        },
+    )?;
+    debouncer.watch(root, notify::RecursiveMode::Recursive)?;
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(rescan);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if ticker.is_closed() {
+                break;
+            }
+            let _ = ticker.try_send(());
+        }
+    });
+    Ok((rx, debouncer))
+}

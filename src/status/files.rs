@@ -1,0 +1,159 @@
+//! Statuses under the state directory: `<state-dir>/<namespace>/<plural>/<name>.yaml`,
+//! the whole object, written atomically (temporary file, then rename). Never the user's
+//! files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::resource::{Kind, ResourceKey, Status};
+
+/// Where statuses go when no flag says: `$STATE_DIRECTORY` (systemd), else
+/// `/var/lib/lxd-mutater` as root, else `$XDG_STATE_HOME/lxd-mutater`
+/// (`~/.local/state/lxd-mutater`).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, colon-separated: the first is ours.
+        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        return PathBuf::from(first);
+    }
+    if is_root() {
+        return PathBuf::from("/var/lib/lxd-mutater");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("lxd-mutater");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/state/lxd-mutater")
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the effective user; no libc call needed.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// The status files, and the statuses last written (so an unchanged one is not written
+/// again).
+#[derive(Debug)]
+pub struct StatusFiles {
+    dir: PathBuf,
+    written: Mutex<HashMap<ResourceKey, Status>>,
+}
+
+impl StatusFiles {
+    /// Opens the state directory and reads the statuses already there (drift counts and
+    /// transition times survive a restart).
+    pub fn open(dir: &Path) -> std::io::Result<StatusFiles> {
+        std::fs::create_dir_all(dir)?;
+        let mut written = HashMap::new();
+        for obj in read_all(dir) {
+            if let Some((key, status)) = key_and_status(&obj) {
+                written.insert(key, status);
+            }
+        }
+        Ok(StatusFiles {
+            dir: dir.to_path_buf(),
+            written: Mutex::new(written),
+        })
+    }
+
+    pub fn path(&self, key: &ResourceKey) -> PathBuf {
+        path_of(&self.dir, key)
+    }
+
+    /// The status last written for `key`.
+    pub fn get(&self, key: &ResourceKey) -> Option<Status> {
+        lock(&self.written).get(key).cloned()
+    }
+
+    /// Writes `object` (the whole resource, status included) unless `status` equals the
+    /// one last written. Returns whether it wrote.
+    pub fn write(
+        &self,
+        key: &ResourceKey,
+        object: &serde_json::Value,
+        status: &Status,
+    ) -> std::io::Result<bool> {
+        if lock(&self.written).get(key) == Some(status) {
+            return Ok(false);
+        }
+        let path = self.path(key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let text = serde_saphyr::to_string(object).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        lock(&self.written).insert(key.clone(), status.clone());
+        Ok(true)
+    }
+
+    /// The resource is no longer managed: its status file goes.
+    pub fn remove(&self, key: &ResourceKey) {
+        lock(&self.written).remove(key);
+        let _ = std::fs::remove_file(self.path(key));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn path_of(dir: &Path, key: &ResourceKey) -> PathBuf {
+    dir.join(&key.namespace)
+        .join(key.kind.plural())
+        .join(format!("{}.yaml", key.name))
+}
+
+fn key_and_status(obj: &serde_json::Value) -> Option<(ResourceKey, Status)> {
+    let kind = Kind::parse(obj.get("kind")?.as_str()?)?;
+    let meta = obj.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+    let status: Status = serde_json::from_value(obj.get("status")?.clone()).ok()?;
+    Some((ResourceKey::new(kind, ns, name), status))
+}
+
+/// Every object under the state directory (files that do not parse are skipped).
+pub fn read_all(dir: &Path) -> Vec<serde_json::Value> {
+    let (files, _) = crate::source::files::resource_files(dir);
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|t| serde_saphyr::from_str::<serde_json::Value>(&t).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Phase;
+
+    #[test]
+    fn an_unchanged_status_is_not_written_again_and_survives_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let files = StatusFiles::open(d.path()).unwrap();
+        let key = ResourceKey::new(Kind::Machine, "m", "0");
+        let status = crate::status::next(
+            None,
+            &crate::status::Outcome {
+                phase: Phase::Applied,
+                message: String::new(),
+                profiles: Some(vec!["default".into()]),
+                drift: None,
+            },
+            1,
+            "2026-11-25T10:00:00Z",
+        );
+        let obj = serde_json::json!({"apiVersion": "lxdmutater.dev/v1alpha1", "kind": "Machine",
+            "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": status});
+        assert!(files.write(&key, &obj, &status).unwrap());
+        assert!(!files.write(&key, &obj, &status).unwrap());
+        assert!(d.path().join("m/machines/0.yaml").is_file());
+        let again = StatusFiles::open(d.path()).unwrap();
+        assert_eq!(again.get(&key), Some(status));
+    }
+}
