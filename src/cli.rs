@@ -69,7 +69,12 @@ pub struct LxdArgs {
     #[arg(long, env = "LXD_MUTATER_LXD", value_name = "URL")]
     pub lxd: Option<String>,
     /// LXD project to work in.
-    #[arg(long, env = "LXD_MUTATER_LXD_PROJECT", default_value = "default", value_name = "P")]
+    #[arg(
+        long,
+        env = "LXD_MUTATER_LXD_PROJECT",
+        default_value = "default",
+        value_name = "P"
+    )]
     pub lxd_project: String,
     /// Client certificate (PEM) for https.
     #[arg(long, env = "LXD_MUTATER_LXD_CLIENT_CERT", value_name = "FILE")]
@@ -107,7 +112,12 @@ pub struct RunArgs {
     #[arg(long, env = "LXD_MUTATER_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "LXD_MUTATER_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "LXD_MUTATER_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub listen: String,
     /// Resources reconciled at once.
     #[arg(long, env = "LXD_MUTATER_WORKERS", default_value_t = 4)]
@@ -154,7 +164,8 @@ pub struct GetArgs {
 
 /// `30s`, `5m`, `1h`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
 }
 
 /// Runs the command line; the process's exit code.
@@ -170,7 +181,10 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -190,7 +204,11 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
     let loaded = files::load(paths);
     let mut out = std::io::stdout().lock();
     for w in &loaded.warnings {
-        let _ = writeln!(out, "{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
+        let _ = writeln!(
+            out,
+            "{}:{}:{}: warning: {}",
+            w.file, w.line, w.column, w.message
+        );
     }
     for p in &loaded.problems {
         let _ = writeln!(out, "{p}");

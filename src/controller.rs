@@ -3,7 +3,6 @@
 //! desired state of its key and the cached observed state, plans, applies, and says so.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -78,7 +77,7 @@ pub struct Reconciled {
 
 impl<L: LxdApi> Controller<L> {
     pub fn new(lxd: L, status: StatusFiles, opts: Options) -> Arc<Self> {
-        let queue = WorkQueue::new("lxd_mutater", opts.backoff.clone());
+        let queue = WorkQueue::new("lxd_mutater", opts.backoff);
         Arc::new(Controller {
             lxd,
             desired: RwLock::new(Desired::default()),
@@ -140,7 +139,10 @@ impl<L: LxdApi> Controller<L> {
 
     /// Enqueues every managed resource and the clean-up.
     pub fn enqueue_all(&self) {
-        let keys: Vec<ResourceKey> = read(&self.desired).workloads().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<ResourceKey> = read(&self.desired)
+            .workloads()
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             self.queue.add(WorkKey::Resource(k));
         }
@@ -170,7 +172,11 @@ impl<L: LxdApi> Controller<L> {
             plan(
                 key.kind,
                 &workload,
-                |n| apps.iter().find(|a| a.metadata.name == n).map(|a| a.as_ref()),
+                |n| {
+                    apps.iter()
+                        .find(|a| a.metadata.name == n)
+                        .map(|a| a.as_ref())
+                },
                 &read(&self.observed),
                 &self.opts.names,
             )
@@ -189,10 +195,22 @@ impl<L: LxdApi> Controller<L> {
         let (phase, message, profiles, drift, result) = match decision {
             Decision::Skip(why) => (Phase::Skipped, why, None, None, Ok(())),
             Decision::Pending => (Phase::Pending, String::new(), None, None, Ok(())),
-            Decision::Invalid(why) => (Phase::Error, format!("{ERROR_PREFIX}{why}"), None, None, Ok(())),
+            Decision::Invalid(why) => (
+                Phase::Error,
+                format!("{ERROR_PREFIX}{why}"),
+                None,
+                None,
+                Ok(()),
+            ),
             Decision::UnknownInstance(instance) => {
                 let message = format!("{ERROR_PREFIX}instance {instance:?} not found");
-                (Phase::Error, message, None, None, Err(ReconcileError::MissingInstance(instance)))
+                (
+                    Phase::Error,
+                    message,
+                    None,
+                    None,
+                    Err(ReconcileError::MissingInstance(instance)),
+                )
             }
             Decision::Act(p) => return self.act(key, &workload, p).await,
         };
@@ -200,7 +218,12 @@ impl<L: LxdApi> Controller<L> {
         result.map(|()| Some(Reconciled { phase, message }))
     }
 
-    async fn act(&self, key: &ResourceKey, w: &Workload, p: Plan) -> Result<Option<Reconciled>, ReconcileError> {
+    async fn act(
+        &self,
+        key: &ResourceKey,
+        w: &Workload,
+        p: Plan,
+    ) -> Result<Option<Reconciled>, ReconcileError> {
         let prev = self.status.get(key);
         let foreign = (!p.foreign.is_empty()).then(|| {
             format!(
@@ -214,26 +237,46 @@ impl<L: LxdApi> Controller<L> {
                 Some(m) => (Phase::Error, m.clone()),
                 None => (Phase::Applied, String::new()),
             };
-            self.set_status(key, w, outcome(phase, &message, Some(p.current.clone()), None));
+            self.set_status(
+                key,
+                w,
+                outcome(phase, &message, Some(p.current.clone()), None),
+            );
             return Ok(Some(Reconciled { phase, message }));
         }
         // Drift: LXD moved away from what was applied, the desired list unchanged.
-        let was_applied = prev
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected);
+        let was_applied = prev.as_ref().is_some_and(|s| {
+            matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected
+        });
         let drift = (was_applied || p.rewritten().next().is_some()).then(|| p.describe());
         if self.opts.dry_run {
             let described = p.describe();
-            let new_drift = prev.as_ref().and_then(|s| s.drift.as_ref()).map(|d| d.last.as_str()) != Some(described.as_str());
+            let new_drift = prev
+                .as_ref()
+                .and_then(|s| s.drift.as_ref())
+                .map(|d| d.last.as_str())
+                != Some(described.as_str());
             let message = format!("drift: {described}");
             self.set_status(
                 key,
                 w,
-                outcome(Phase::Drifted, &message, Some(p.current.clone()), new_drift.then_some(described)),
+                outcome(
+                    Phase::Drifted,
+                    &message,
+                    Some(p.current.clone()),
+                    new_drift.then_some(described),
+                ),
             );
-            return Ok(Some(Reconciled { phase: Phase::Drifted, message }));
+            return Ok(Some(Reconciled {
+                phase: Phase::Drifted,
+                message,
+            }));
         }
-        self.set_status(key, w, outcome(Phase::Idle, "", Some(p.current.clone()), drift.clone()));
+        self.set_status(
+            key,
+            w,
+            outcome(Phase::Idle, "", Some(p.current.clone()), drift.clone()),
+        );
         let started = std::time::Instant::now();
         match apply(&self.lxd, &p, &self.observed).await {
             Ok(applied) => {
@@ -250,8 +293,15 @@ impl<L: LxdApi> Controller<L> {
                     Some(m) => (Phase::Error, m),
                     None => (Phase::Applied, String::new()),
                 };
-                self.set_status(key, w, outcome(phase, &message, Some(applied.profiles), None));
-                if p.steps.iter().any(|s| matches!(s, Step::SetProfiles { .. })) {
+                self.set_status(
+                    key,
+                    w,
+                    outcome(phase, &message, Some(applied.profiles), None),
+                );
+                if p.steps
+                    .iter()
+                    .any(|s| matches!(s, Step::SetProfiles { .. }))
+                {
                     self.queue.add(WorkKey::Collect);
                 }
                 Ok(Some(Reconciled { phase, message }))
@@ -259,7 +309,9 @@ impl<L: LxdApi> Controller<L> {
             Err(e) => {
                 let message = format!("{ERROR_PREFIX}{e}");
                 warn!(resource = %key, instance = %p.instance, error = %e, "apply failed");
-                let now = read(&self.observed).instance_profiles(&p.instance).map(<[String]>::to_vec);
+                let now = read(&self.observed)
+                    .instance_profiles(&p.instance)
+                    .map(<[String]>::to_vec);
                 self.set_status(key, w, outcome(Phase::Error, &message, now, None));
                 Err(e.cause.into())
             }
@@ -318,7 +370,9 @@ impl<L: LxdApi> Controller<L> {
                     info!(profile = %name, "deleted unused profile");
                     write(&self.observed).remove_profile(&name);
                 }
-                Err(LxdError::InUse { .. }) => debug!(profile = %name, "profile still in use: kept"),
+                Err(LxdError::InUse { .. }) => {
+                    debug!(profile = %name, "profile still in use: kept")
+                }
                 Err(e) => warn!(profile = %name, error = %e, "cannot delete unused profile"),
             }
         }
@@ -334,7 +388,11 @@ impl<L: LxdApi> Controller<L> {
                 if let Some(a) = d.application(&key.namespace, app)
                     && a.spec.lxd_profile.as_ref().is_some_and(|p| !p.is_empty())
                 {
-                    out.insert(self.opts.names.charm_profile(&key.namespace, app, a.spec.revision));
+                    out.insert(
+                        self.opts
+                            .names
+                            .charm_profile(&key.namespace, app, a.spec.revision),
+                    );
                 }
             }
         }
@@ -361,7 +419,12 @@ impl<L: LxdApi> Controller<L> {
     }
 }
 
-fn outcome(phase: Phase, message: &str, profiles: Option<Vec<String>>, drift: Option<String>) -> Outcome {
+fn outcome(
+    phase: Phase,
+    message: &str,
+    profiles: Option<Vec<String>>,
+    drift: Option<String>,
+) -> Outcome {
     Outcome {
         phase,
         message: message.to_string(),
@@ -381,7 +444,9 @@ pub async fn run_workers<L: LxdApi>(ctl: Arc<Controller<L>>, once: bool) {
                 let result = ctl.process(&key).await;
                 match result {
                     Ok(_) => ctl.queue.forget(&key),
-                    Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => ctl.queue.add(key.clone()),
+                    Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => {
+                        ctl.queue.add(key.clone())
+                    }
                     Err(e) if !once => {
                         debug!(key = ?key, error = %e, "requeued with backoff");
                         ctl.queue.add_rate_limited(key.clone());
@@ -396,9 +461,4 @@ pub async fn run_workers<L: LxdApi>(ctl: Arc<Controller<L>>, once: bool) {
         });
     }
     while tasks.join_next().await.is_some() {}
-}
-
-/// Where resources come from when running from files.
-pub struct FileSource {
-    pub root: PathBuf,
 }

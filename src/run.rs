@@ -2,7 +2,6 @@
 //! the wiring of source, store, queue, reconcile, LXD and status, in one place.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,7 +19,9 @@ use crate::status::files::{StatusFiles, default_state_dir, read_all};
 fn init_logs(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()
     } else {
@@ -42,7 +43,11 @@ fn client(args: &LxdArgs) -> anyhow::Result<(LxdClient, ProfileNames)> {
 }
 
 fn load(dir: &std::path::Path) -> anyhow::Result<FileSnapshot> {
-    anyhow::ensure!(dir.is_dir(), "--resources {}: not a directory", dir.display());
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--resources {}: not a directory",
+        dir.display()
+    );
     let mut snapshot = FileSnapshot::default();
     snapshot.rescan(dir);
     Ok(snapshot)
@@ -165,13 +170,22 @@ fn once_report<L: crate::lxd::LxdApi>(ctl: &Controller<L>) -> ExitCode {
         .collect();
     let mut bad = 0;
     for k in keys {
-        let Some(s) = ctl.status.get(&k) else { continue };
+        let Some(s) = ctl.status.get(&k) else {
+            continue;
+        };
         if !matches!(s.phase, Phase::Applied | Phase::Pending | Phase::Skipped) {
             bad += 1;
-            println!("{} {}/{}: {} {}", k.kind, k.namespace, k.name, s.phase, s.message);
+            println!(
+                "{} {}/{}: {} {}",
+                k.kind, k.namespace, k.name, s.phase, s.message
+            );
         }
     }
-    if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `lxd-mutater diff`: 0 in sync, 2 drift, 1 error.
@@ -261,15 +275,26 @@ pub fn get(args: GetArgs) -> ExitCode {
             other => other.to_string(),
         }
     };
-    objects.sort_by_key(|o| (field(o, &["metadata", "namespace"]), field(o, &["metadata", "name"])));
+    objects.sort_by_key(|o| {
+        (
+            field(o, &["metadata", "namespace"]),
+            field(o, &["metadata", "name"]),
+        )
+    });
     match args.output.as_str() {
         "json" => {
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
-            println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
         }
         "yaml" => {
             for o in &objects {
-                println!("---\n{}", serde_saphyr::to_string(o).unwrap_or_default().trim_end());
+                println!(
+                    "---\n{}",
+                    serde_saphyr::to_string(o).unwrap_or_default().trim_end()
+                );
             }
         }
         _ => {
@@ -332,9 +357,4 @@ fn age(t: &str) -> String {
         s if s < 172_800 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86_400),
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send(c: Arc<Controller<LxdClient>>) -> impl Send {
-    c
 }

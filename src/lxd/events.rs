@@ -210,7 +210,7 @@ async fn run(
         let outcome = match tokio::time::timeout(timeout, dial(&dialer, &path_and_query)).await {
             Err(_) => Err(format!("no websocket within {}s", timeout.as_secs_f64())),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Socket::Unix(ws))) => pump(ws, &tx, &project).await,
+            Ok(Ok(Socket::Unix(ws))) => pump(*ws, &tx, &project).await,
             Ok(Ok(Socket::Tls(ws))) => pump(*ws, &tx, &project).await,
         };
         match outcome {
@@ -232,7 +232,7 @@ async fn run(
 type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
 
 enum Socket {
-    Unix(Ws<tokio::net::UnixStream>),
+    Unix(Box<Ws<tokio::net::UnixStream>>),
     Tls(Box<Ws<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
 }
 
@@ -246,7 +246,7 @@ async fn dial(dialer: &Dialer, path_and_query: &str) -> Result<Socket, String> {
                 tokio_tungstenite::client_async(format!("ws://lxd{path_and_query}"), stream)
                     .await
                     .map_err(|e| error_chain(&e))?;
-            Ok(Socket::Unix(ws))
+            Ok(Socket::Unix(Box::new(ws)))
         }
         Dialer::Tls { host, port, config } => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
@@ -391,15 +391,14 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            if let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
+        let escaped = match (bytes.get(i + 1), bytes.get(i + 2)) {
+            (Some(&h), Some(&l)) if b == b'%' => hex(h).zip(hex(l)),
+            _ => None,
+        };
+        if let Some((hi, lo)) = escaped {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
         }
         out.push(b);
         i += 1;

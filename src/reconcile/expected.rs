@@ -1,7 +1,9 @@
 //! The expected profile list of an instance (SPEC §3), as a pure function.
 
 use crate::lxd::ProfileContent;
-use crate::resource::{Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules};
+use crate::resource::{
+    Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules,
+};
 use crate::store::{OWNER_KEY, OWNER_VALUE};
 
 /// A charm profile the instance needs, with the content it must have (without the owner
@@ -78,7 +80,11 @@ pub fn expected_profiles<'a>(
         let Some(profile) = app.spec.lxd_profile.as_ref().filter(|p| !p.is_empty()) else {
             continue;
         };
-        let violations = if app.spec.force { vec![] } else { check_rules(profile) };
+        let violations = if app.spec.force {
+            vec![]
+        } else {
+            check_rules(profile)
+        };
         if !violations.is_empty() {
             let all: Vec<String> = violations.into_iter().map(|v| v.message).collect();
             return Err(ExpectedError::InvalidProfile(format!(
@@ -145,7 +151,9 @@ mod tests {
     const APPS: &str = "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: one, namespace: m}\nspec: {revision: 3, lxdProfile: {config: {security.nesting: true}}}\n---\napiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: two, namespace: m}\nspec: {revision: 5, lxdProfile: {devices: {tun: {type: unix-char, path: /dev/net/tun}}}}\n---\napiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: none, namespace: m}\nspec: {revision: 1}\n---\napiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: empty, namespace: m}\nspec: {revision: 1, lxdProfile: {description: nothing, config: {}}}\n---\n";
 
     fn machine(spec: &str) -> String {
-        format!("{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {spec}\n")
+        format!(
+            "{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {spec}\n"
+        )
     }
 
     #[test]
@@ -158,7 +166,9 @@ mod tests {
 
     #[test]
     fn container_base_is_default_only() {
-        let yaml = format!("{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Container\nmetadata: {{name: c, namespace: m}}\nspec: {{machine: '0', applications: [one]}}\n");
+        let yaml = format!(
+            "{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Container\nmetadata: {{name: c, namespace: m}}\nspec: {{machine: '0', applications: [one]}}\n"
+        );
         assert_eq!(expect(&yaml).unwrap(), vec!["default", "juju-m-one-3"]);
     }
 
@@ -173,7 +183,10 @@ mod tests {
     #[test]
     fn duplicates_are_dropped_keeping_the_first() {
         assert_eq!(
-            expect(&machine("{applications: [one, two, one], extraProfiles: [default, x, x]}")).unwrap(),
+            expect(&machine(
+                "{applications: [one, two, one], extraProfiles: [default, x, x]}"
+            ))
+            .unwrap(),
             vec!["default", "juju-m", "x", "juju-m-one-3", "juju-m-two-5"]
         );
     }
@@ -182,21 +195,33 @@ mod tests {
     fn a_missing_application_is_an_error() {
         assert_eq!(
             expect(&machine("{applications: [one, ghost]}")),
-            Err(ExpectedError::MissingApplication("ghost".into(), "m".into()))
+            Err(ExpectedError::MissingApplication(
+                "ghost".into(),
+                "m".into()
+            ))
         );
     }
 
     #[test]
     fn a_profile_that_breaks_the_rules_is_an_error_unless_forced() {
-        let bad = APPS.replace("{config: {security.nesting: true}}", "{config: {limits.cpu: '2'}}");
-        let yaml = format!("{bad}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {{applications: [one]}}\n");
+        let bad = APPS.replace(
+            "{config: {security.nesting: true}}",
+            "{config: {limits.cpu: '2'}}",
+        );
+        let yaml = format!(
+            "{bad}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {{applications: [one]}}\n"
+        );
         assert_eq!(
             expect(&yaml),
             Err(ExpectedError::InvalidProfile(
-                "application \"one\": invalid lxd-profile: contains config value \"limits.cpu\"".into()
+                "application \"one\": invalid lxd-profile: contains config value \"limits.cpu\""
+                    .into()
             ))
         );
         let forced = yaml.replace("spec: {revision: 3,", "spec: {force: true, revision: 3,");
-        assert_eq!(expect(&forced).unwrap(), vec!["default", "juju-m", "juju-m-one-3"]);
+        assert_eq!(
+            expect(&forced).unwrap(),
+            vec!["default", "juju-m", "juju-m-one-3"]
+        );
     }
 }

@@ -14,9 +14,15 @@ use super::expected::{ExpectedError, expected_profiles, model_profile_content};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// `POST /1.0/profiles` (content without the owner key: apply adds it).
-    CreateProfile { name: String, content: ProfileContent },
+    CreateProfile {
+        name: String,
+        content: ProfileContent,
+    },
     /// `PUT /1.0/profiles/<name>` of an owned profile whose content drifted.
-    ReplaceProfile { name: String, content: ProfileContent },
+    ReplaceProfile {
+        name: String,
+        content: ProfileContent,
+    },
     /// `PATCH /1.0/instances/<instance>` with the whole list.
     SetProfiles { profiles: Vec<String> },
 }
@@ -99,7 +105,10 @@ impl fmt::Display for Plan {
             }
         }
         for p in &self.foreign {
-            writeln!(f, "  ! profile {p} is not owned by lxd-mutater and differs: left alone")?;
+            writeln!(
+                f,
+                "  ! profile {p} is not owned by lxd-mutater and differs: left alone"
+            )?;
         }
         Ok(())
     }
@@ -108,7 +117,11 @@ impl fmt::Display for Plan {
 fn summary(c: &ProfileContent) -> String {
     let config: Vec<String> = c.config.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     let devices: Vec<&str> = c.devices.keys().map(String::as_str).collect();
-    format!("config: {{{}}}, devices: [{}]", config.join(", "), devices.join(", "))
+    format!(
+        "config: {{{}}}, devices: [{}]",
+        config.join(", "),
+        devices.join(", ")
+    )
 }
 
 /// The outcome of planning one resource.
@@ -223,7 +236,9 @@ mod tests {
                 .iter()
                 .map(|(name, nesting, owned)| {
                     let mut content = ProfileContent::default();
-                    content.config.insert("security.nesting".into(), nesting.to_string());
+                    content
+                        .config
+                        .insert("security.nesting".into(), nesting.to_string());
                     if *owned {
                         content.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
                     }
@@ -269,7 +284,9 @@ mod tests {
     }
 
     fn machine(spec: &str) -> String {
-        format!("{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {spec}\n")
+        format!(
+            "{APPS}apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\nspec: {spec}\n"
+        )
     }
 
     fn act(d: Decision) -> Plan {
@@ -281,7 +298,11 @@ mod tests {
 
     #[test]
     fn a_fresh_machine_gets_its_profiles_created_then_one_list_write() {
-        let f = fixture(&machine("{instance: i0, applications: [one]}"), &["default"], &[("default", "false", false)]);
+        let f = fixture(
+            &machine("{instance: i0, applications: [one]}"),
+            &["default"],
+            &[("default", "false", false)],
+        );
         let p = act(decide(&f));
         let kinds: Vec<String> = p
             .steps
@@ -294,7 +315,11 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            vec!["create juju-m", "create juju-m-one-3", "set default,juju-m,juju-m-one-3"]
+            vec![
+                "create juju-m",
+                "create juju-m-one-3",
+                "set default,juju-m,juju-m-one-3"
+            ]
         );
         match &p.steps[0] {
             Step::CreateProfile { content, .. } => {
@@ -310,7 +335,11 @@ mod tests {
         let f = fixture(
             &machine("{instance: i0, applications: [one]}"),
             &["default", "juju-m", "juju-m-one-3"],
-            &[("default", "false", false), ("juju-m", "true", true), ("juju-m-one-3", "true", true)],
+            &[
+                ("default", "false", false),
+                ("juju-m", "true", true),
+                ("juju-m-one-3", "true", true),
+            ],
         );
         assert!(act(decide(&f)).is_empty());
     }
@@ -320,7 +349,11 @@ mod tests {
         let f = fixture(
             &machine("{instance: i0, applications: [one]}"),
             &["default", "juju-m-one-3", "juju-m"],
-            &[("default", "false", false), ("juju-m", "true", true), ("juju-m-one-3", "true", true)],
+            &[
+                ("default", "false", false),
+                ("juju-m", "true", true),
+                ("juju-m-one-3", "true", true),
+            ],
         );
         let p = act(decide(&f));
         assert_eq!(p.steps.len(), 1);
@@ -335,10 +368,18 @@ mod tests {
     fn owned_profile_content_drift_is_rewritten_but_a_foreign_one_is_left_alone() {
         let yaml = machine("{instance: i0, applications: [one]}");
         let list = ["default", "juju-m", "juju-m-one-3"];
-        let f = fixture(&yaml, &list, &[("juju-m", "true", true), ("juju-m-one-3", "false", true)]);
+        let f = fixture(
+            &yaml,
+            &list,
+            &[("juju-m", "true", true), ("juju-m-one-3", "false", true)],
+        );
         let p = act(decide(&f));
         assert_eq!(p.rewritten().collect::<Vec<_>>(), vec!["juju-m-one-3"]);
-        let f = fixture(&yaml, &list, &[("juju-m", "true", true), ("juju-m-one-3", "false", false)]);
+        let f = fixture(
+            &yaml,
+            &list,
+            &[("juju-m", "true", true), ("juju-m-one-3", "false", false)],
+        );
         let p = act(decide(&f));
         assert!(p.is_empty());
         assert_eq!(p.foreign, vec!["juju-m-one-3"]);

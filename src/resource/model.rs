@@ -318,10 +318,13 @@ fn revision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             Ok(v)
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::custom(format!("revision must be an integer >= 0, not {v}")))
+            u64::try_from(v)
+                .map_err(|_| E::custom(format!("revision must be an integer >= 0, not {v}")))
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
-            Err(E::custom(format!("revision must be an integer >= 0, not {v}")))
+            Err(E::custom(format!(
+                "revision must be an integer >= 0, not {v}"
+            )))
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
             // YAML gives plain scalars as text when asked for "any": accept digits only.
@@ -330,10 +333,14 @@ fn revision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
                     .parse()
                     .map_err(|_| E::custom(format!("revision {v} is too large")));
             }
-            Err(E::custom(format!("revision must be an integer >= 0, not {v:?}")))
+            Err(E::custom(format!(
+                "revision must be an integer >= 0, not {v:?}"
+            )))
         }
         fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<u64, E> {
-            Err(E::custom(format!("revision must be an integer >= 0, not {v}")))
+            Err(E::custom(format!(
+                "revision must be an integer >= 0, not {v}"
+            )))
         }
         fn visit_unit<E: serde::de::Error>(self) -> Result<u64, E> {
             Err(E::custom("revision must be an integer >= 0, not empty"))

@@ -28,7 +28,9 @@ pub fn check_profile_name(name: &str) -> Result<(), String> {
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(format!("profile name {name:?} must not contain control characters"));
+        return Err(format!(
+            "profile name {name:?} must not contain control characters"
+        ));
     }
     Ok(())
 }
@@ -114,7 +116,9 @@ impl NameTemplate {
             segments.push(Segment::Literal(rest.to_string()));
         }
         for window in segments.windows(2) {
-            if !matches!(window[0], Segment::Literal(_)) && !matches!(window[1], Segment::Literal(_)) {
+            if !matches!(window[0], Segment::Literal(_))
+                && !matches!(window[1], Segment::Literal(_))
+            {
                 return Err(format!(
                     "template {source:?}: placeholders must be separated by text"
                 ));
@@ -382,10 +386,14 @@ mod tests {
 
     #[test]
     fn templates_are_configurable_and_checked() {
-        let n = ProfileNames::new("juju-{model}-1a2b3c-{app}-{rev}", "juju-{model}-1a2b3c").unwrap();
+        let n =
+            ProfileNames::new("juju-{model}-1a2b3c-{app}-{rev}", "juju-{model}-1a2b3c").unwrap();
         assert_eq!(n.charm_profile("m", "a", 2), "juju-m-1a2b3c-a-2");
         assert_eq!(n.model_profile("m"), "juju-m-1a2b3c");
-        assert_eq!(n.parse_charm_profile("juju-m-1a2b3c-a-2", "m"), Some(("a".into(), 2)));
+        assert_eq!(
+            n.parse_charm_profile("juju-m-1a2b3c-a-2", "m"),
+            Some(("a".into(), 2))
+        );
         assert!(ProfileNames::new("juju-{app}-{rev}", "juju-{model}").is_err());
         assert!(ProfileNames::new("juju-{model}-{app}{rev}", "juju-{model}").is_err());
         assert!(ProfileNames::new("juju-{model}-{app}-{rev}", "juju-{app}").is_err());

@@ -36,7 +36,11 @@ impl fmt::Display for Problem {
         if self.line == 0 {
             write!(f, "{}: {}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         }
     }
 }
@@ -143,7 +147,10 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
                 first_line: start_line,
                 text: &text[start..offset],
             });
-            if is_marker("---") && !bare[3..].trim().is_empty() && !bare[3..].trim().starts_with('#') {
+            if is_marker("---")
+                && !bare[3..].trim().is_empty()
+                && !bare[3..].trim().starts_with('#')
+            {
                 // `--- {inline: doc}`: keep the rest of the line in the next document.
                 start = offset + 3;
                 start_line = i as u64;
@@ -209,12 +216,12 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
     };
 
     // The shape of the document: where every key is.
-    let tree = match serde_saphyr::from_str_with_options::<Option<Spanned<Node>>>(doc.text, options())
-    {
-        Ok(Some(t)) => t,
-        Ok(None) => return, // an empty document (comments only)
-        Err(e) => return out.errors.push(from_yaml(e, None)),
-    };
+    let tree =
+        match serde_saphyr::from_str_with_options::<Option<Spanned<Node>>>(doc.text, options()) {
+            Ok(Some(t)) => t,
+            Ok(None) => return, // an empty document (comments only)
+            Err(e) => return out.errors.push(from_yaml(e, None)),
+        };
     let root = tree.referenced;
     let root_line = root.line();
     let at = |path: &[String]| {
@@ -223,7 +230,9 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
     };
     if !matches!(tree.value, Node::Map(_)) {
         let message = "expected a resource (a mapping with apiVersion, kind, metadata, spec)";
-        return out.errors.push(problem(root.line(), root.column(), message.into()));
+        return out
+            .errors
+            .push(problem(root.line(), root.column(), message.into()));
     }
 
     let header: Header = match serde_saphyr::from_str_with_options(doc.text, options()) {
@@ -255,7 +264,9 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
             return out.errors.push(problem(
                 l,
                 c,
-                format!("kind: unknown kind {other:?} (expected one of Application, Machine, Container)"),
+                format!(
+                    "kind: unknown kind {other:?} (expected one of Application, Machine, Container)"
+                ),
             ));
         }
         None => {
@@ -274,7 +285,10 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
     };
     let resource = match resource {
         Ok(r) => r,
-        Err((e, path)) => return out.errors.push(from_yaml(e, Some(path))),
+        Err(b) => {
+            let (e, path) = *b;
+            return out.errors.push(from_yaml(e, Some(path)));
+        }
     };
 
     if let Resource::Application(a) = &resource
@@ -311,7 +325,7 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
 }
 
 /// Parses a document as `Object<S>`, and on failure says which field was being read.
-fn typed<S>(text: &str) -> Result<Object<S>, (serde_saphyr::Error, String)>
+fn typed<S>(text: &str) -> Result<Object<S>, Box<(serde_saphyr::Error, String)>>
 where
     S: for<'de> Deserialize<'de>,
 {
@@ -319,7 +333,7 @@ where
     let r = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         Object::<S>::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
     });
-    r.map_err(|e| (e, track.path().to_string()))
+    r.map_err(|e| Box::new((e, track.path().to_string())))
 }
 
 /// serde-saphyr's message without its `error: line L column C: ` prefix (the position is
@@ -499,7 +513,10 @@ mod tests {
             .map(|r| (r.resource.metadata().name.clone(), r.line))
             .collect();
         assert_eq!(got, vec![("one".into(), 2), ("two".into(), 8)]);
-        let bad = format!("{APP}---\n{}", APP.replace("revision: 3", "revision: seven"));
+        let bad = format!(
+            "{APP}---\n{}",
+            APP.replace("revision: 3", "revision: seven")
+        );
         assert_eq!(
             errors(&bad),
             vec!["f.yaml:11:13: spec.revision: revision must be an integer >= 0, not \"seven\""]
@@ -518,7 +535,9 @@ mod tests {
         let e = errors(text);
         assert_eq!(e.len(), 1);
         assert!(
-            e[0].starts_with("f.yaml:5:3: spec.applicatons: unknown field `applicatons`, expected one of"),
+            e[0].starts_with(
+                "f.yaml:5:3: spec.applicatons: unknown field `applicatons`, expected one of"
+            ),
             "{e:?}"
         );
     }
@@ -533,11 +552,25 @@ mod tests {
 
     #[test]
     fn unknown_kind_and_api_version_and_missing_name_are_errors() {
-        let e = errors("apiVersion: lxdmutater.dev/v1alpha1\nkind: Machin\nmetadata: {name: a}\nspec: {}\n");
-        assert_eq!(e, vec!["f.yaml:2:1: kind: unknown kind \"Machin\" (expected one of Application, Machine, Container)"]);
+        let e = errors(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machin\nmetadata: {name: a}\nspec: {}\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "f.yaml:2:1: kind: unknown kind \"Machin\" (expected one of Application, Machine, Container)"
+            ]
+        );
         let e = errors("apiVersion: v1\nkind: Machine\nmetadata: {name: a}\nspec: {}\n");
-        assert_eq!(e, vec!["f.yaml:1:1: apiVersion: \"v1\" is not served here (expected lxdmutater.dev/v1alpha1)"]);
-        let e = errors("apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {namespace: a}\nspec: {}\n");
+        assert_eq!(
+            e,
+            vec![
+                "f.yaml:1:1: apiVersion: \"v1\" is not served here (expected lxdmutater.dev/v1alpha1)"
+            ]
+        );
+        let e = errors(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {namespace: a}\nspec: {}\n",
+        );
         assert_eq!(e.len(), 1);
         assert!(e[0].contains("metadata: missing field `name`"), "{e:?}");
     }
@@ -545,7 +578,10 @@ mod tests {
     #[test]
     fn a_negative_revision_is_refused() {
         let e = errors(&APP.replace("revision: 3", "revision: -1"));
-        assert_eq!(e, vec!["f.yaml:5:13: spec.revision: revision must be an integer >= 0, not -1"]);
+        assert_eq!(
+            e,
+            vec!["f.yaml:5:13: spec.revision: revision must be an integer >= 0, not -1"]
+        );
     }
 
     #[test]
@@ -553,7 +589,10 @@ mod tests {
         let text = "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {name: '0'}\nspec:\n  instance: bad_name\n  extraProfiles: [ok, 'a/b']\n";
         let e = errors(text);
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].starts_with("f.yaml:6:23: spec.extraProfiles[1]: "), "{e:?}");
+        assert!(
+            e[0].starts_with("f.yaml:6:23: spec.extraProfiles[1]: "),
+            "{e:?}"
+        );
         assert!(e[1].starts_with("f.yaml:5:3: spec.instance: "), "{e:?}");
     }
 
@@ -565,10 +604,16 @@ mod tests {
 
     #[test]
     fn profile_rules_are_reported_in_jujus_words_unless_forced() {
-        let text = format!("{APP}  lxdProfile:\n    config: {{boot.autostart: true}}\n    devices:\n      d: {{type: disk}}\n");
+        let text = format!(
+            "{APP}  lxdProfile:\n    config: {{boot.autostart: true}}\n    devices:\n      d: {{type: disk}}\n"
+        );
         let p = parse_str("f.yaml", &text);
         assert!(p.errors.is_empty());
-        assert_eq!(p.resources.len(), 1, "a rule violation does not unload the resource");
+        assert_eq!(
+            p.resources.len(),
+            1,
+            "a rule violation does not unload the resource"
+        );
         let v: Vec<String> = p.rule_violations.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             v,
@@ -591,11 +636,17 @@ mod tests {
 
     #[test]
     fn a_billion_laughs_alias_bomb_is_refused() {
-        let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
-        for (i, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"].iter().zip(["a", "b", "c", "d", "e", "f", "g", "h"]) {
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (i, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+            .iter()
+            .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+        {
             bomb.push_str(&format!("{i}: &{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
         }
-        let text = format!("{APP}  lxdProfile:\n    config:\n      x: 1\n    description: *i\n").replace(APP, &format!("{bomb}{APP}"));
+        let text = format!("{APP}  lxdProfile:\n    config:\n      x: 1\n    description: *i\n")
+            .replace(APP, &format!("{bomb}{APP}"));
         let started = std::time::Instant::now();
         let e = errors(&text);
         assert_eq!(e.len(), 1, "{e:?}");
@@ -608,7 +659,9 @@ mod tests {
         let e = errors(&format!("{APP}  x: {deep}\n"));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("f.yaml:"), "{e:?}");
-        let deep_block: String = (0..10_000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        let deep_block: String = (0..10_000)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect();
         assert_eq!(errors(&deep_block).len(), 1);
     }
 
@@ -620,7 +673,9 @@ mod tests {
         let d: Vec<String> = duplicates(&all).iter().map(|p| p.to_string()).collect();
         assert_eq!(
             d,
-            vec!["b.yaml:1:1: Application \"one\" in namespace \"default\" is defined twice: here and at a.yaml:1"]
+            vec![
+                "b.yaml:1:1: Application \"one\" in namespace \"default\" is defined twice: here and at a.yaml:1"
+            ]
         );
     }
 

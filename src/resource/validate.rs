@@ -141,12 +141,18 @@ fn check_workload(w: &Workload, out: &mut Vec<Violation>) {
     }
     for (i, app) in w.spec.applications.iter().enumerate() {
         if let Err(e) = check_resource_name("application name", app) {
-            out.push(Violation::invalid(&["spec", "applications", &i.to_string()], e));
+            out.push(Violation::invalid(
+                &["spec", "applications", &i.to_string()],
+                e,
+            ));
         }
     }
     for (i, p) in w.spec.extra_profiles.iter().enumerate() {
         if let Err(e) = check_profile_name(p) {
-            out.push(Violation::invalid(&["spec", "extraProfiles", &i.to_string()], e));
+            out.push(Violation::invalid(
+                &["spec", "extraProfiles", &i.to_string()],
+                e,
+            ));
         }
     }
 }

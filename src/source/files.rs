@@ -40,7 +40,9 @@ pub fn resource_files(root: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Erro
                 if !hidden {
                     stack.push(path);
                 }
-            } else if (ft.is_file() || (ft.is_symlink() && path.is_file())) && is_resource_file(&path) {
+            } else if (ft.is_file() || (ft.is_symlink() && path.is_file()))
+                && is_resource_file(&path)
+            {
                 files.push(path);
             }
         }
@@ -55,7 +57,15 @@ mod tests {
 
     #[test]
     fn hidden_and_editor_files_are_not_read() {
-        for bad in [".x.yaml", ".#x.yaml", "#x.yaml#", "x.yaml~", ".x.yaml.swp", "x.json", "x.yaml.tmp"] {
+        for bad in [
+            ".x.yaml",
+            ".#x.yaml",
+            "#x.yaml#",
+            "x.yaml~",
+            ".x.yaml.swp",
+            "x.json",
+            "x.yaml.tmp",
+        ] {
             assert!(!is_resource_file(Path::new(bad)), "{bad}");
         }
         for good in ["x.yaml", "x.yml", "a/b/x.yaml"] {
@@ -68,14 +78,25 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("a/b")).unwrap();
         std::fs::create_dir_all(d.path().join(".git")).unwrap();
-        for f in ["x.yaml", "a/y.yml", "a/b/z.yaml", ".git/h.yaml", "a/notes.txt"] {
+        for f in [
+            "x.yaml",
+            "a/y.yml",
+            "a/b/z.yaml",
+            ".git/h.yaml",
+            "a/notes.txt",
+        ] {
             std::fs::write(d.path().join(f), "").unwrap();
         }
         let (files, errors) = resource_files(d.path());
         assert!(errors.is_empty());
         let names: Vec<_> = files
             .iter()
-            .map(|p| p.strip_prefix(d.path()).unwrap().to_string_lossy().into_owned())
+            .map(|p| {
+                p.strip_prefix(d.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         assert_eq!(names, vec!["a/b/z.yaml", "a/y.yml", "x.yaml"]);
     }
@@ -94,7 +115,7 @@ pub struct Loaded {
 
 /// Reads every resource file under `paths` (files or directories).
 pub fn load(paths: &[PathBuf]) -> Loaded {
-    use crate::resource::{Problem, parse_file, parse::duplicates};
+    use crate::resource::{Problem, parse::duplicates, parse_file};
     let mut out = Loaded::default();
     for root in paths {
         if !root.exists() {

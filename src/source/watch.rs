@@ -73,7 +73,10 @@ impl FileSnapshot {
 
     /// Files that do not parse now.
     pub fn broken_files(&self) -> usize {
-        self.files.values().filter(|s| !s.problems.is_empty()).count()
+        self.files
+            .values()
+            .filter(|s| !s.problems.is_empty())
+            .count()
     }
 
     /// The union of every file's resources; of two with the same key, the first file

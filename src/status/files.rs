@@ -14,7 +14,12 @@ use crate::resource::{Kind, ResourceKey, Status};
 pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may pass several, colon-separated: the first is ours.
-        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         return PathBuf::from(first);
     }
     if is_root() {
@@ -112,7 +117,10 @@ fn key_and_status(obj: &serde_json::Value) -> Option<(ResourceKey, Status)> {
     let kind = Kind::parse(obj.get("kind")?.as_str()?)?;
     let meta = obj.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
-    let ns = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+    let ns = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
     let status: Status = serde_json::from_value(obj.get("status")?.clone()).ok()?;
     Some((ResourceKey::new(kind, ns, name), status))
 }

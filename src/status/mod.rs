@@ -29,7 +29,12 @@ pub struct Outcome {
 
 /// The next status, given the previous one. Timestamps move only when something they
 /// describe changes.
-pub fn next(prev: Option<&Status>, outcome: &Outcome, observed_generation: u64, now: &str) -> Status {
+pub fn next(
+    prev: Option<&Status>,
+    outcome: &Outcome,
+    observed_generation: u64,
+    now: &str,
+) -> Status {
     let last_transition_time = match prev {
         Some(p) if p.phase == outcome.phase => p.last_transition_time.clone(),
         _ => Some(now.to_string()),
@@ -101,7 +106,10 @@ mod tests {
         let b = next(Some(&a), &outcome(Phase::Applied, Some("y")), 7, "t2");
         let c = next(Some(&b), &outcome(Phase::Applied, None), 7, "t3");
         let d = c.drift.unwrap();
-        assert_eq!((d.count, d.last.as_str(), d.last_detected.as_deref()), (2, "y", Some("t2")));
+        assert_eq!(
+            (d.count, d.last.as_str(), d.last_detected.as_deref()),
+            (2, "y", Some("t2"))
+        );
     }
 
     #[test]

@@ -25,14 +25,22 @@ impl Desired {
         match resource {
             Resource::Application(a) => {
                 let app_key = (key.namespace.clone(), key.name.clone());
-                if self.apps.get(&app_key).is_some_and(|old| old.spec == a.spec) {
+                if self
+                    .apps
+                    .get(&app_key)
+                    .is_some_and(|old| old.spec == a.spec)
+                {
                     return vec![];
                 }
                 self.apps.insert(app_key.clone(), Arc::new(a));
                 self.users_of(&app_key)
             }
             Resource::Machine(w) | Resource::Container(w) => {
-                if self.workloads.get(&key).is_some_and(|old| old.spec == w.spec) {
+                if self
+                    .workloads
+                    .get(&key)
+                    .is_some_and(|old| old.spec == w.spec)
+                {
                     return vec![];
                 }
                 self.unindex(&key);
@@ -148,11 +156,19 @@ mod tests {
         d.upsert(machine("0", "a, b"));
         d.upsert(machine("1", "b"));
         d.upsert(machine("2", "c"));
-        let keys: Vec<String> = d.upsert(app("b", 1)).iter().map(|k| k.name.clone()).collect();
+        let keys: Vec<String> = d
+            .upsert(app("b", 1))
+            .iter()
+            .map(|k| k.name.clone())
+            .collect();
         assert_eq!(keys, vec!["0", "1"]);
         assert!(d.upsert(app("b", 1)).is_empty(), "unchanged: nothing to do");
         d.upsert(machine("1", "c"));
-        let keys: Vec<String> = d.upsert(app("b", 2)).iter().map(|k| k.name.clone()).collect();
+        let keys: Vec<String> = d
+            .upsert(app("b", 2))
+            .iter()
+            .map(|k| k.name.clone())
+            .collect();
         assert_eq!(keys, vec!["0"], "the index follows the machine's edit");
         let keys: Vec<String> = d
             .remove(&ResourceKey::new(Kind::Application, "default", "b"))

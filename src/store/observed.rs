@@ -45,8 +45,14 @@ pub struct Observed {
 impl Observed {
     /// Replaces everything with a full listing.
     pub fn replace(&mut self, instances: Vec<Instance>, profiles: Vec<Profile>) {
-        self.instances = instances.into_iter().map(|i| (i.name, i.profiles)).collect();
-        self.profiles = profiles.into_iter().map(ObservedProfile::from_lxd).collect();
+        self.instances = instances
+            .into_iter()
+            .map(|i| (i.name, i.profiles))
+            .collect();
+        self.profiles = profiles
+            .into_iter()
+            .map(ObservedProfile::from_lxd)
+            .collect();
         self.listed = true;
     }
 
@@ -137,21 +143,35 @@ mod tests {
         if owned {
             content.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
         }
-        content.config.insert("security.nesting".into(), "true".into());
+        content
+            .config
+            .insert("security.nesting".into(), "true".into());
         Profile {
             name: name.into(),
             content,
-            used_by: used_by.iter().map(|i| format!("/1.0/instances/{i}?project=p")).collect(),
+            used_by: used_by
+                .iter()
+                .map(|i| format!("/1.0/instances/{i}?project=p"))
+                .collect(),
         }
     }
 
     #[test]
     fn owner_key_is_recognised_and_left_out_of_the_content() {
         let mut o = Observed::default();
-        o.replace(vec![], vec![profile("a", true, &[]), profile("b", false, &["i"])]);
+        o.replace(
+            vec![],
+            vec![profile("a", true, &[]), profile("b", false, &["i"])],
+        );
         assert!(o.profile("a").unwrap().owned);
         assert!(!o.profile("b").unwrap().owned);
-        assert!(!o.profile("a").unwrap().content.config.contains_key(OWNER_KEY));
+        assert!(
+            !o.profile("a")
+                .unwrap()
+                .content
+                .config
+                .contains_key(OWNER_KEY)
+        );
         assert_eq!(o.profile("b").unwrap().used_by.len(), 1);
     }
 
@@ -163,7 +183,13 @@ mod tests {
             profiles: vec!["default".into(), "a".into()],
             status: String::new(),
         };
-        o.replace(vec![i], vec![profile("default", false, &["i"]), profile("a", true, &["i"])]);
+        o.replace(
+            vec![i],
+            vec![
+                profile("default", false, &["i"]),
+                profile("a", true, &["i"]),
+            ],
+        );
         o.set_instance_profiles("i", &["default".into()]);
         assert!(o.profile("a").unwrap().used_by.is_empty());
         o.set_profile("b", ProfileContent::default(), true);

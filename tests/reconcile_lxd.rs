@@ -1,0 +1,553 @@
+//! Juju's instancemutater behaviour, as tests against the real LXD daemon: each in its
+//! own project, through the controller library (so LXD writes can be counted) or the
+//! built binary, asserting on LXD state and on status.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lxd_mutater::controller::{Controller, Options, run_workers};
+use lxd_mutater::lxd::{LxdClient, RequestObserver};
+use lxd_mutater::queue::BackoffConfig;
+use lxd_mutater::resource::{Kind, Phase, ProfileNames, ResourceKey, Status};
+use lxd_mutater::source::watch::FileSnapshot;
+use lxd_mutater::status::files::StatusFiles;
+use support::TestProject;
+
+/// Counts the requests that change something in LXD.
+#[derive(Default)]
+struct Writes(AtomicUsize);
+
+impl RequestObserver for Writes {
+    fn observe(&self, method: &str, _code: Option<u16>, _elapsed: Duration) {
+        if method != "GET" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+struct Harness {
+    lxd: TestProject,
+    resources: tempfile::TempDir,
+    state: tempfile::TempDir,
+    writes: Arc<Writes>,
+}
+
+const MODEL: &str = "m";
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            lxd: TestProject::new(),
+            resources: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            writes: Arc::new(Writes::default()),
+        }
+    }
+
+    fn write(&self, file: &str, yaml: &str) {
+        std::fs::write(self.resources.path().join(file), yaml).unwrap();
+    }
+
+    fn controller(&self, dry_run: bool, machine: Option<&str>) -> Arc<Controller<LxdClient>> {
+        let client = self.lxd.client().with_observer(self.writes.clone());
+        Controller::new(
+            client,
+            StatusFiles::open(self.state.path()).unwrap(),
+            Options {
+                machine: machine.map(str::to_string),
+                workers: 4,
+                resync: Duration::from_secs(600),
+                dry_run,
+                backoff: BackoffConfig::default(),
+                names: ProfileNames::default(),
+            },
+        )
+    }
+
+    /// One pass over every resource, as `run --once` does.
+    async fn pass_with(&self, dry_run: bool, machine: Option<&str>) {
+        let ctl = self.controller(dry_run, machine);
+        let mut snapshot = FileSnapshot::default();
+        snapshot.rescan(self.resources.path());
+        ctl.load_snapshot(snapshot.resources());
+        ctl.relist().await.unwrap();
+        ctl.enqueue_all();
+        tokio::time::timeout(Duration::from_secs(60), run_workers(ctl, true))
+            .await
+            .expect("a pass finishes");
+    }
+
+    async fn pass(&self) {
+        self.pass_with(false, None).await
+    }
+
+    fn status(&self, kind: Kind, name: &str) -> Status {
+        StatusFiles::open(self.state.path())
+            .unwrap()
+            .get(&ResourceKey::new(kind, MODEL, name))
+            .unwrap_or_else(|| panic!("no status for {kind} {name}"))
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.0.load(Ordering::SeqCst)
+    }
+
+    fn profiles(&self, instance: &str) -> Vec<String> {
+        self.lxd.instance_profiles(instance)
+    }
+
+    fn has_profile(&self, name: &str) -> bool {
+        self.lxd.try_lxc(&["profile", "show", name]).is_ok()
+    }
+}
+
+fn app(name: &str, rev: u64, profile: &str) -> String {
+    format!(
+        "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {{name: {name}, namespace: {MODEL}}}\nspec:\n  revision: {rev}\n{profile}---\n"
+    )
+}
+
+const NESTING: &str = "  lxdProfile:\n    config: {security.nesting: true}\n";
+
+fn machine(name: &str, instance: Option<&str>, apps: &[&str], extra: &str) -> String {
+    let instance = instance
+        .map(|i| format!("  instance: {i}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '{name}', namespace: {MODEL}}}\nspec:\n{instance}  applications: [{}]\n{extra}---\n",
+        apps.join(", ")
+    )
+}
+
+fn container(name: &str, host: &str, instance: &str, apps: &[&str]) -> String {
+    format!(
+        "apiVersion: lxdmutater.dev/v1alpha1\nkind: Container\nmetadata: {{name: '{name}', namespace: {MODEL}}}\nspec:\n  machine: '{host}'\n  instance: {instance}\n  applications: [{}]\n---\n",
+        apps.join(", ")
+    )
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_sends_no_write() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    let want = strings(&["default", "juju-m", "juju-m-one-3"]);
+    assert_eq!(h.profiles("i0"), want);
+    let s = h.status(Kind::Machine, "0");
+    assert_eq!(s.phase, Phase::Applied);
+    assert_eq!(s.profiles, want);
+    assert_eq!(
+        h.lxd.profile_json("juju-m")["config"]["boot.autostart"],
+        "true"
+    );
+    assert_eq!(
+        h.lxd.profile_json("juju-m-one-3")["config"]["security.nesting"],
+        "true"
+    );
+    assert_eq!(
+        h.lxd.profile_json("juju-m-one-3")["config"]["user.lxd-mutater.owner"],
+        "lxd-mutater"
+    );
+    // Two profiles created and one PATCH: three writes.
+    assert_eq!(h.writes(), 3);
+
+    // Case 2: already in sync: no write request at all.
+    h.pass().await;
+    assert_eq!(
+        h.writes(),
+        3,
+        "a pass over an instance in sync must not write"
+    );
+    assert_eq!(h.status(Kind::Machine, "0").phase, Phase::Applied);
+}
+
+#[tokio::test]
+async fn removed_application_leaves_base_profiles_and_its_unused_profile_is_deleted() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &[], "")),
+    );
+    h.pass().await;
+    assert_eq!(h.profiles("i0"), strings(&["default", "juju-m"]));
+    assert!(
+        !h.has_profile("juju-m-one-3"),
+        "unused owned profile deleted"
+    );
+    assert!(h.has_profile("juju-m"), "the model profile stays");
+}
+
+#[tokio::test]
+async fn upgrade_switches_in_one_patch_and_keeps_the_old_profile_while_used() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.lxd.empty_instance("i1");
+    let machines = machine("0", Some("i0"), &["one"], "") + &machine("1", Some("i1"), &["one"], "");
+    h.write("r.yaml", &(app("one", 2, NESTING) + &machines));
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i1"),
+        strings(&["default", "juju-m", "juju-m-one-2"])
+    );
+    // Machine 1 is marked dead (not managed): it keeps revision 2.
+    let machines = machine("0", Some("i0"), &["one"], "")
+        + &machine("1", Some("i1"), &["one"], "  life: dead\n");
+    h.write("r.yaml", &(app("one", 3, NESTING) + &machines));
+    let before = h.writes();
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m", "juju-m-one-3"])
+    );
+    assert_eq!(
+        h.profiles("i1"),
+        strings(&["default", "juju-m", "juju-m-one-2"])
+    );
+    assert_eq!(h.writes() - before, 2, "create the new profile, one PATCH");
+    assert!(h.has_profile("juju-m-one-2"), "still used by i1: kept");
+    assert_eq!(h.status(Kind::Machine, "1").phase, Phase::Skipped);
+    // Now machine 1 is upgraded too: the old profile goes.
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING)
+            + &machine("0", Some("i0"), &["one"], "")
+            + &machine("1", Some("i1"), &["one"], "")),
+    );
+    let before = h.writes();
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i1"),
+        strings(&["default", "juju-m", "juju-m-one-3"])
+    );
+    assert!(!h.has_profile("juju-m-one-2"));
+    assert_eq!(h.writes() - before, 2, "one PATCH, one DELETE");
+}
+
+#[tokio::test]
+async fn container_flavour_has_default_base_and_machine_filter_takes_only_that_hosts_containers() {
+    let h = Harness::new();
+    h.lxd.empty_instance("c0");
+    h.lxd.empty_instance("c1");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING)
+            + &container("0-lxd-0", "0", "c0", &["one"])
+            + &container("1-lxd-0", "1", "c1", &["one"])),
+    );
+    h.pass_with(false, Some("0")).await;
+    assert_eq!(h.profiles("c0"), strings(&["default", "juju-m-one-3"]));
+    assert_eq!(
+        h.profiles("c1"),
+        strings(&["default"]),
+        "another host's container is not touched"
+    );
+}
+
+#[tokio::test]
+async fn applications_without_profiles_add_nothing_and_duplicates_collapse() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    let apps = app("one", 3, NESTING)
+        + &app("bare", 1, "")
+        + &app("empty", 1, "  lxdProfile: {description: nothing}\n");
+    h.write(
+        "r.yaml",
+        &(apps + &machine("0", Some("i0"), &["bare", "one", "empty", "one"], "")),
+    );
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m", "juju-m-one-3"])
+    );
+    assert!(
+        !h.has_profile("juju-m-empty-1"),
+        "an empty profile is never written"
+    );
+    assert!(!h.has_profile("juju-m-bare-1"));
+}
+
+#[tokio::test]
+async fn dead_and_manual_machines_are_skipped_and_untouched() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.lxd.empty_instance("i1");
+    let r = app("one", 3, NESTING)
+        + &machine("0", Some("i0"), &["one"], "  life: dead\n")
+        + &machine("1", Some("i1"), &["one"], "  manual: true\n");
+    h.write("r.yaml", &r);
+    h.pass().await;
+    assert_eq!(h.profiles("i0"), strings(&["default"]));
+    assert_eq!(h.profiles("i1"), strings(&["default"]));
+    assert_eq!(h.status(Kind::Machine, "0").phase, Phase::Skipped);
+    assert_eq!(h.status(Kind::Machine, "1").phase, Phase::Skipped);
+    assert_eq!(h.writes(), 0);
+}
+
+#[tokio::test]
+async fn no_instance_yet_is_pending_then_applied_once_named() {
+    let h = Harness::new();
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", None, &["one"], "")),
+    );
+    h.pass().await;
+    assert_eq!(h.status(Kind::Machine, "0").phase, Phase::Pending);
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    assert_eq!(h.status(Kind::Machine, "0").phase, Phase::Applied);
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m", "juju-m-one-3"])
+    );
+}
+
+#[tokio::test]
+async fn missing_instance_or_rejected_profile_is_an_error_and_the_others_converge() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.lxd.empty_instance("i2");
+    // Forced past Juju's rules, but LXD itself refuses the value.
+    let bad = "  force: true\n  lxdProfile:\n    config: {security.nesting: maybe}\n";
+    let r = app("one", 3, NESTING)
+        + &app("bad", 1, bad)
+        + &machine("0", Some("i0"), &["one"], "")
+        + &machine("1", Some("ghost"), &["one"], "")
+        + &machine("2", Some("i2"), &["bad"], "");
+    h.write("r.yaml", &r);
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m", "juju-m-one-3"])
+    );
+    let ghost = h.status(Kind::Machine, "1");
+    assert_eq!(ghost.phase, Phase::Error);
+    assert_eq!(
+        ghost.message,
+        "cannot upgrade machine's lxd profile: instance \"ghost\" not found"
+    );
+    let bad = h.status(Kind::Machine, "2");
+    assert_eq!(bad.phase, Phase::Error);
+    assert!(
+        bad.message
+            .starts_with("cannot upgrade machine's lxd profile: "),
+        "{}",
+        bad.message
+    );
+    assert!(
+        bad.message
+            .contains("Invalid value for a boolean \"maybe\""),
+        "{}",
+        bad.message
+    );
+    assert_eq!(h.profiles("i2"), strings(&["default"]));
+}
+
+#[tokio::test]
+async fn manual_drift_is_corrected_and_counted_and_dry_run_only_reports_it() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    let want = strings(&["default", "juju-m", "juju-m-one-3"]);
+
+    // Reordered by hand; dry run reports and leaves it.
+    h.lxd
+        .lxc(&["profile", "assign", "i0", "default,juju-m-one-3,juju-m"]);
+    h.pass_with(true, None).await;
+    let s = h.status(Kind::Machine, "0");
+    assert_eq!(s.phase, Phase::Drifted);
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m-one-3", "juju-m"])
+    );
+    assert_eq!(s.drift.as_ref().map(|d| d.count), Some(1));
+    // A real pass corrects it.
+    h.pass().await;
+    assert_eq!(h.profiles("i0"), want);
+    assert_eq!(h.status(Kind::Machine, "0").phase, Phase::Applied);
+
+    // A profile removed by hand.
+    h.lxd.lxc(&["profile", "remove", "i0", "juju-m-one-3"]);
+    h.pass().await;
+    assert_eq!(h.profiles("i0"), want);
+    let s = h.status(Kind::Machine, "0");
+    assert!(s.drift.as_ref().is_some_and(|d| d.count >= 2), "{s:?}");
+
+    // The content of an owned profile edited by hand.
+    h.lxd.lxc(&[
+        "profile",
+        "set",
+        "juju-m-one-3",
+        "security.nesting",
+        "false",
+    ]);
+    h.pass().await;
+    assert_eq!(
+        h.lxd.profile_json("juju-m-one-3")["config"]["security.nesting"],
+        "true"
+    );
+    let s = h.status(Kind::Machine, "0");
+    assert!(
+        s.drift
+            .as_ref()
+            .is_some_and(|d| d.last.contains("profile content differs")),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_profile_without_the_owner_key_is_never_rewritten_or_deleted() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.lxd.lxc(&["profile", "create", "juju-m-one-3"]);
+    h.lxd.lxc(&[
+        "profile",
+        "set",
+        "juju-m-one-3",
+        "security.nesting",
+        "false",
+    ]);
+    h.lxd.lxc(&["profile", "create", "juju-m-old-1"]);
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    assert_eq!(
+        h.lxd.profile_json("juju-m-one-3")["config"]["security.nesting"],
+        "false"
+    );
+    assert!(h.has_profile("juju-m-old-1"), "not ours: not deleted");
+    let s = h.status(Kind::Machine, "0");
+    assert_eq!(s.phase, Phase::Error);
+    assert!(s.message.contains("juju-m-one-3"), "{}", s.message);
+}
+
+#[tokio::test]
+async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write("r.yaml", &machine("0", Some("i0"), &["ghost"], ""));
+    h.pass().await;
+    let s = h.status(Kind::Machine, "0");
+    assert_eq!(s.phase, Phase::Error);
+    assert_eq!(
+        s.message,
+        "cannot upgrade machine's lxd profile: application \"ghost\" not found in model \"m\""
+    );
+    assert_eq!(h.writes(), 0);
+    assert_eq!(h.profiles("i0"), strings(&["default"]));
+}
+
+/// The binary's `--once` and `diff` exit codes, and `get`.
+#[test]
+fn once_and_diff_exit_codes_through_the_binary() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    let bin = env!("CARGO_BIN_EXE_lxd-mutater");
+    let res = h.resources.path().to_str().unwrap();
+    let diff = || {
+        Command::new(bin)
+            .args(["diff", "--resources", res, "--lxd-project", h.lxd.name()])
+            .output()
+            .unwrap()
+    };
+    let out = diff();
+    assert_eq!(out.status.code(), Some(2), "drift before the first pass");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("expected: [default, juju-m, juju-m-one-3]"),
+        "{stdout}"
+    );
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default"]),
+        "diff changes nothing"
+    );
+    let state = h.state.path().to_str().unwrap();
+    let once = Command::new(bin)
+        .args([
+            "run",
+            "--once",
+            "--resources",
+            res,
+            "--lxd-project",
+            h.lxd.name(),
+            "--state-dir",
+            state,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        once.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    assert_eq!(diff().status.code(), Some(0));
+    let get = Command::new(bin)
+        .args(["get", "machines", "--state-dir", state])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&get.stdout);
+    assert!(
+        table.starts_with("NAMESPACE   NAME   INSTANCE   PHASE     PROFILES"),
+        "{table}"
+    );
+    assert!(
+        table.contains("Applied   default,juju-m,juju-m-one-3"),
+        "{table}"
+    );
+    // An error makes --once exit 1 with one line for the resource.
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["ghost"], "")),
+    );
+    let once = Command::new(bin)
+        .args([
+            "run",
+            "--once",
+            "--resources",
+            res,
+            "--lxd-project",
+            h.lxd.name(),
+            "--state-dir",
+            state,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(once.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&once.stdout).trim(),
+        "Machine m/0: Error cannot upgrade machine's lxd profile: application \"ghost\" not found in model \"m\""
+    );
+}
