@@ -60,6 +60,7 @@ fn clean(v: &mut Value) {
             {
                 map.remove("format");
             }
+            collapse_string_enum(map);
             for (_, child) in map.iter_mut() {
                 clean(child);
             }
@@ -67,6 +68,24 @@ fn clean(v: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(clean),
         _ => {}
     }
+}
+
+/// A unit enum whose variants carry docs comes out as `oneOf` single-value enums, which
+/// is not structural: fold it into one `type: string` with `enum`.
+fn collapse_string_enum(map: &mut serde_json::Map<String, Value>) {
+    let Some(Value::Array(variants)) = map.get("oneOf") else {
+        return;
+    };
+    let mut values = Vec::new();
+    for v in variants {
+        match (v.get("type"), v.get("enum")) {
+            (Some(t), Some(Value::Array(e))) if t == "string" => values.extend(e.iter().cloned()),
+            _ => return,
+        }
+    }
+    map.remove("oneOf");
+    map.insert("type".into(), json!("string"));
+    map.insert("enum".into(), Value::Array(values));
 }
 
 fn columns(kind: Kind) -> Value {

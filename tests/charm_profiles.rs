@@ -68,7 +68,13 @@ fn every_published_charm_profile_parses_and_juju_rules_flag_the_right_ones() {
         let mut got: Vec<String> = parsed
             .rule_violations
             .iter()
-            .map(|p| p.message.rsplit(": invalid").next().map(|m| format!("invalid{m}")).unwrap())
+            .map(|p| {
+                p.message
+                    .rsplit(": invalid")
+                    .next()
+                    .map(|m| format!("invalid{m}"))
+                    .unwrap()
+            })
             .collect();
         got.sort();
         assert_eq!(got, expected_violations(&name), "{name}");
@@ -77,7 +83,10 @@ fn every_published_charm_profile_parses_and_juju_rules_flag_the_right_ones() {
             assert!(v.line > 6, "{name}: {v}");
         }
         let forced = parse_str(&name, &application(&text, true));
-        assert!(forced.errors.is_empty() && forced.rule_violations.is_empty(), "{name}");
+        assert!(
+            forced.errors.is_empty() && forced.rule_violations.is_empty(),
+            "{name}"
+        );
     }
 }
 

@@ -40,8 +40,12 @@ fn profile_rule_violations_are_printed_in_jujus_words_and_exit_1_unless_forced()
     assert_eq!(
         lines,
         vec![
-            format!("{file}:9:7: spec.lxdProfile.config.boot.autostart: invalid lxd-profile: contains config value \"boot.autostart\""),
-            format!("{file}:12:18: spec.lxdProfile.devices.hashsize.type: invalid lxd-profile: contains device type \"disk\""),
+            format!(
+                "{file}:9:7: spec.lxdProfile.config.boot.autostart: invalid lxd-profile: contains config value \"boot.autostart\""
+            ),
+            format!(
+                "{file}:12:18: spec.lxdProfile.devices.hashsize.type: invalid lxd-profile: contains device type \"disk\""
+            ),
         ]
     );
     std::fs::write(
@@ -80,7 +84,12 @@ fn bad_files_give_one_line_each_and_exit_1() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].contains("big.yaml: file is larger than"), "{out}");
-    assert!(lines[1].contains("dup2.yml:1:1: Machine \"0\" in namespace \"default\" is defined twice: here and at "), "{out}");
+    assert!(
+        lines[1].contains(
+            "dup2.yml:1:1: Machine \"0\" in namespace \"default\" is defined twice: here and at "
+        ),
+        "{out}"
+    );
     assert!(lines[1].contains("dup1.yaml:1"), "{out}");
     assert!(lines[2].contains("syntax.yaml:1:"), "{out}");
 }
@@ -96,6 +105,8 @@ fn a_missing_path_is_a_problem() {
 fn crds_output_equals_the_checked_in_file() {
     let out = bin().arg("crds").output().unwrap();
     assert!(out.status.success());
-    let have = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/crds.yaml")).unwrap();
+    let have =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/crds.yaml"))
+            .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), have);
 }

@@ -14,7 +14,8 @@ use super::endpoint::Endpoint;
 use super::error::LxdError;
 use super::tls;
 use super::types::{
-    Instance, Profile, ProfileContent, ServerInfo, WireProfile, WireServer, encode_component,
+    Instance, Profile, ProfileContent, ProjectInfo, ServerInfo, WireProfile, WireServer,
+    encode_component,
 };
 
 /// The per-request timeout unless `with_timeout` says otherwise.
@@ -235,6 +236,16 @@ impl LxdClient {
         })
     }
 
+    /// `GET /1.0/projects/<p>`: whether the project exists and isolates profiles. LXD 5.0
+    /// lists no instances (rather than an error) for a project that does not exist, and
+    /// without `features.profiles=true` profile calls silently use the default project's
+    /// profiles: check this once at start-up.
+    pub async fn get_project(&self) -> Result<ProjectInfo, LxdError> {
+        let path = format!("/1.0/projects/{}", encode_component(&self.inner.project));
+        let (_, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
+        decode(&path, metadata)
+    }
+
     /// Sends one request; follows an async answer to the end of its operation. Returns
     /// the ETag and the metadata of a sync answer (Null after an operation).
     async fn call(
@@ -402,7 +413,12 @@ impl LxdClient {
                 after: timeout,
             };
         }
-        let reason = error_chain(e);
+        // reqwest's own top line repeats the URL; the causes say what happened.
+        let reason =
+            tls::certificate_failure(e).unwrap_or_else(|| match std::error::Error::source(e) {
+                Some(cause) => error_chain(cause),
+                None => e.to_string(),
+            });
         if e.is_decode() {
             return LxdError::Protocol {
                 what: what.to_string(),

@@ -257,7 +257,11 @@ async fn dial(dialer: &Dialer, path_and_query: &str) -> Result<Socket, String> {
             let tls = tokio_rustls::TlsConnector::from(config.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS handshake with {host}:{port}: {}", error_chain(&e)))?;
+                .map_err(|e| {
+                    let why =
+                        super::tls::certificate_failure(&e).unwrap_or_else(|| error_chain(&e));
+                    format!("TLS handshake with {host}:{port}: {why}")
+                })?;
             let url = format!("wss://{}:{port}{path_and_query}", host_for_url(host));
             let (ws, _) = tokio_tungstenite::client_async(url, tls)
                 .await

@@ -15,4 +15,4 @@ pub use client::{DEFAULT_TIMEOUT, LxdApi, LxdClient, RequestObserver};
 pub use endpoint::{DEBIAN_SOCKET, DEFAULT_HTTPS_PORT, Endpoint, SNAP_SOCKET};
 pub use error::{ErrorCategory, LxdError};
 pub use events::{EventNotice, EventStream, LifecycleAction, LifecycleEvent, ReconnectBackoff};
-pub use types::{Instance, Profile, ProfileContent, ServerInfo};
+pub use types::{Instance, Profile, ProfileContent, ProjectInfo, ServerInfo};

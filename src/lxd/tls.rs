@@ -99,9 +99,9 @@ impl ServerCertVerifier for PinnedServerCert {
         if end_entity.as_ref() == self.pinned.as_ref() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(NotPinned)),
+            )))
         }
     }
 
@@ -126,4 +126,44 @@ impl ServerCertVerifier for PinnedServerCert {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Why a handshake was refused, in words an operator can act on.
+#[derive(Debug)]
+struct NotPinned;
+
+impl std::fmt::Display for NotPinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server's certificate is not the pinned one (--lxd-server-cert)")
+    }
+}
+
+impl std::error::Error for NotPinned {}
+
+/// If `e` (or a cause of it) is a refused server certificate, says so plainly; rustls's
+/// own text for it is a `Debug` dump.
+pub(crate) fn certificate_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        // io::Error hides what it wraps from `source()` (and may wrap another io::Error).
+        let mut inner = err;
+        while let Some(wrapped) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = wrapped;
+        }
+        let inner = inner.downcast_ref::<rustls::Error>();
+        if let Some(rustls::Error::InvalidCertificate(cert_error)) = inner {
+            let why = match cert_error {
+                CertificateError::Other(other) if other.0.is::<NotPinned>() => {
+                    NotPinned.to_string()
+                }
+                other => format!("{other:?}"),
+            };
+            return Some(format!("TLS handshake refused: {why}"));
+        }
+        current = err.source();
+    }
+    None
 }

@@ -47,6 +47,23 @@ impl Profile {
     }
 }
 
+/// An LXD project, from `GET /1.0/projects/<p>`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ProjectInfo {
+    pub name: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl ProjectInfo {
+    /// Whether the project has profiles of its own (`features.profiles=true`; the
+    /// `default` project always has). Otherwise its profile calls reach `default`'s.
+    pub fn isolates_profiles(&self) -> bool {
+        self.name == "default"
+            || self.config.get("features.profiles").map(String::as_str) == Some("true")
+    }
+}
+
 /// Facts about the server, from `GET /1.0`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerInfo {

@@ -1,0 +1,436 @@
+//! Shared support for the integration tests that talk to the real LXD daemon.
+//!
+//! Every test works in its own `TestProject` (a fresh LXD project with its own profiles),
+//! so tests run in parallel and leave nothing behind: `Drop` cleans up even after a panic.
+//! The only LXD state shared between tests is the storage pool `default` and, for HTTPS
+//! tests, `core.https_address` (set once, never unset).
+//!
+//! Everything here is synchronous (`lxc` and std only), so `Drop` needs no runtime.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use lxd_mutater::lxd::{Endpoint, LxdClient};
+
+/// The socket tests use: the same discovery as the product (`$LXD_SOCKET`,
+/// `$LXD_DIR/unix.socket`, the snap's socket if present, else Debian's).
+pub fn lxd_socket() -> PathBuf {
+    match Endpoint::parse(None, None, None, None) {
+        Ok(Endpoint::Unix(path)) => path,
+        other => panic!("socket discovery gave {other:?}"),
+    }
+}
+
+/// Fails the test (does not skip it) when LXD does not answer, saying how to start it.
+pub fn require_lxd() -> PathBuf {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let socket = lxd_socket();
+    let result = CHECKED.get_or_init(|| lxd_answers(&socket));
+    if let Err(why) = result {
+        panic!(
+            "LXD does not answer on {}: {why}\n\
+             Start it with `scripts/lxd-up.sh` (as root), then run the tests again.",
+            socket.display()
+        );
+    }
+    socket
+}
+
+fn lxd_answers(socket: &Path) -> Result<(), String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    let timeout = Some(Duration::from_secs(5));
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /1.0 HTTP/1.0\r\nHost: lxd\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {:?}",
+            answer.lines().next().unwrap_or("")
+        ))
+    }
+}
+
+/// Runs `lxc ARGS` (no project added); Err carries stderr.
+pub fn try_lxc_global(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("lxc")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run lxc: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "lxc {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `lxc ARGS` (no project added) and fails the test on error.
+pub fn lxc_global(args: &[&str]) -> String {
+    try_lxc_global(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A fresh LXD project: `features.profiles=true`, `features.images=false`, and a root disk
+/// on the pool `default` in its `default` profile so that instances can be created.
+pub struct TestProject {
+    name: String,
+}
+
+impl TestProject {
+    pub fn new() -> TestProject {
+        require_lxd();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t-{}-{}-{:04x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            fastrand::u16(..)
+        );
+        lxc_global(&[
+            "project",
+            "create",
+            &name,
+            "-c",
+            "features.profiles=true",
+            "-c",
+            "features.images=false",
+        ]);
+        // From here on Drop cleans up, whatever fails next.
+        let project = TestProject { name };
+        project.lxc(&[
+            "profile",
+            "device",
+            "add",
+            "default",
+            "root",
+            "disk",
+            "path=/",
+            "pool=default",
+        ]);
+        project
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `lxc ARGS --project P`; fails the test with lxc's stderr on error.
+    pub fn lxc(&self, args: &[&str]) -> String {
+        self.try_lxc(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `lxc ARGS --project P`; Err carries stderr.
+    pub fn try_lxc(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = args.to_vec();
+        all.extend(["--project", self.name.as_str()]);
+        try_lxc_global(&all)
+    }
+
+    /// `lxc query` on an API path of this project (`?project=` is added).
+    pub fn query(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{path}{sep}project={}", self.name);
+        let mut args = vec!["query", "-X", method, url.as_str()];
+        if let Some(body) = body {
+            args.extend(["-d", body]);
+        }
+        try_lxc_global(&args)
+    }
+
+    /// An instance with no image: it cannot start, but its profiles can be changed.
+    pub fn empty_instance(&self, name: &str) {
+        self.lxc(&["init", "--empty", name]);
+    }
+
+    /// The instance's profiles, read with `lxc` (not with the client under test).
+    pub fn instance_profiles(&self, name: &str) -> Vec<String> {
+        let json = self
+            .query("GET", &format!("/1.0/instances/{name}"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| {
+            panic!("lxc query gave {json:?}: {e}");
+        });
+        value["profiles"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A profile as LXD's JSON, read with `lxc`.
+    pub fn profile_json(&self, name: &str) -> serde_json::Value {
+        let json = self
+            .query("GET", &format!("/1.0/profiles/{name}"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("lxc query gave {json:?}: {e}"))
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::Unix(require_lxd())
+    }
+
+    /// A client for this project over the Unix socket.
+    pub fn client(&self) -> LxdClient {
+        LxdClient::new(&self.endpoint(), &self.name).unwrap_or_else(|e| panic!("client: {e}"))
+    }
+
+    /// Names of a collection (`instances`, `profiles`) of this project, via the API.
+    fn names(&self, collection: &str) -> Result<Vec<String>, String> {
+        let json = self.query("GET", &format!("/1.0/{collection}"), None)?;
+        let urls: Vec<String> =
+            serde_json::from_str(&json).map_err(|e| format!("{json:?}: {e}"))?;
+        let prefix = format!("/1.0/{collection}/");
+        Ok(urls
+            .iter()
+            .filter_map(|u| u.split('?').next()?.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn cleanup(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut note = |r: Result<String, String>| {
+            if let Err(e) = r {
+                failures.push(e);
+            }
+        };
+        match self.names("instances") {
+            Ok(names) => {
+                for name in names {
+                    note(self.try_lxc(&["delete", "--force", &name]));
+                }
+            }
+            Err(e) => note(Err(e)),
+        }
+        match self.names("profiles") {
+            Ok(names) => {
+                for name in names.iter().filter(|n| n.as_str() != "default") {
+                    note(self.try_lxc(&["profile", "delete", name]));
+                }
+            }
+            Err(e) => note(Err(e)),
+        }
+        note(self.try_lxc(&["profile", "device", "remove", "default", "root"]));
+        note(try_lxc_global(&["project", "delete", &self.name]));
+        failures
+    }
+}
+
+impl Default for TestProject {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestProject {
+    fn drop(&mut self) {
+        for failure in self.cleanup() {
+            eprintln!("cleanup of LXD project {}: {failure}", self.name);
+        }
+    }
+}
+
+/// Waits for `check` to hold, polling; fails the test with `what` after `deadline`.
+pub fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The address LXD serves HTTPS on, as `host:port` to connect to. If
+/// `core.https_address` is unset it is set to `127.0.0.1:<free port>`; a value already
+/// there is reused. It is never unset: other tests (other processes) may rely on it.
+pub fn lxd_https_address() -> String {
+    static ADDRESS: OnceLock<String> = OnceLock::new();
+    ADDRESS
+        .get_or_init(|| {
+            require_lxd();
+            // Serialise with other test processes that might set it at the same time.
+            let _lock = CrossProcessLock::acquire("lxd-mutater-tests-https.lockdir");
+            let current = lxc_global(&["config", "get", "core.https_address"])
+                .trim()
+                .to_string();
+            let configured = if current.is_empty() {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .unwrap_or_else(|e| panic!("no free port: {e}"));
+                let address = format!("127.0.0.1:{port}");
+                lxc_global(&["config", "set", "core.https_address", &address]);
+                address
+            } else {
+                current
+            };
+            let connect = connectable(&configured);
+            wait_until(
+                &format!("LXD to listen on {connect}"),
+                Duration::from_secs(10),
+                || std::net::TcpStream::connect(&connect).is_ok(),
+            );
+            connect
+        })
+        .clone()
+}
+
+/// A lock shared by test processes: a directory that exists while held. A holder that
+/// died leaves it behind; after a minute it counts as stale.
+struct CrossProcessLock(PathBuf);
+
+impl CrossProcessLock {
+    fn acquire(name: &str) -> CrossProcessLock {
+        let path = std::env::temp_dir().join(name);
+        let start = Instant::now();
+        loop {
+            match std::fs::create_dir(&path) {
+                Ok(()) => return CrossProcessLock(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(60));
+                    if stale {
+                        let _ = std::fs::remove_dir(&path);
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(90),
+                        "cannot take {}",
+                        path.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for CrossProcessLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `:8443`, `0.0.0.0:8443`, `[::]:8443` -> `127.0.0.1:8443`; a plain host is kept.
+fn connectable(address: &str) -> String {
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, p)) => (h, p),
+        None => (address, "8443"),
+    };
+    let host = match host {
+        "" | "0.0.0.0" | "[::]" | "::" => "127.0.0.1",
+        h => h,
+    };
+    format!("{host}:{port}")
+}
+
+/// LXD's server certificate, the one to pin.
+pub fn lxd_server_cert() -> PathBuf {
+    let dir = std::env::var_os("LXD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            lxd_socket()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/lxd"))
+        });
+    dir.join("server.crt")
+}
+
+/// A client certificate (rcgen) written to a temp dir and trusted by LXD for one project;
+/// the trust is removed on drop.
+pub struct TrustedClientCert {
+    pub dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    name: String,
+}
+
+impl TrustedClientCert {
+    pub fn new(project: &TestProject) -> TrustedClientCert {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let key_pair = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+        let params = rcgen::CertificateParams::new(vec!["lxd-mutater-test".to_string()])
+            .unwrap_or_else(|e| panic!("params: {e}"));
+        let cert = params
+            .self_signed(&key_pair)
+            .unwrap_or_else(|e| panic!("cert: {e}"));
+        let cert_path = dir.path().join("client.crt");
+        let key_path = dir.path().join("client.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap_or_else(|e| panic!("write: {e}"));
+        std::fs::write(&key_path, key_pair.serialize_pem())
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        let name = format!("{}-client", project.name());
+        let cert_arg = cert_path.to_string_lossy().into_owned();
+        lxc_global(&[
+            "config",
+            "trust",
+            "add",
+            &cert_arg,
+            "--name",
+            &name,
+            "--restricted",
+            "--projects",
+            project.name(),
+        ]);
+        TrustedClientCert {
+            dir,
+            cert: cert_path,
+            key: key_path,
+            name,
+        }
+    }
+
+    fn fingerprints(&self) -> Result<Vec<String>, String> {
+        let json = try_lxc_global(&["query", "/1.0/certificates?recursion=1"])?;
+        let value: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| format!("{json:?}: {e}"))?;
+        Ok(value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"].as_str() == Some(self.name.as_str()))
+            .filter_map(|c| c["fingerprint"].as_str().map(str::to_string))
+            .collect())
+    }
+}
+
+impl Drop for TrustedClientCert {
+    fn drop(&mut self) {
+        match self.fingerprints() {
+            Ok(fps) => {
+                for fp in fps {
+                    if let Err(e) = try_lxc_global(&["config", "trust", "remove", &fp]) {
+                        eprintln!("cleanup of trusted certificate {}: {e}", self.name);
+                    }
+                }
+            }
+            Err(e) => eprintln!("cleanup of trusted certificate {}: {e}", self.name),
+        }
+    }
+}
