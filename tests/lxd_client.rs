@@ -652,7 +652,11 @@ async fn measure_200_patches_client_vs_curl() {
     }
 
     let list = |k: usize, flip: bool| -> Vec<String> {
-        let other = if (k % 2 == 0) != flip { "p-a" } else { "p-b" };
+        let other = if k.is_multiple_of(2) != flip {
+            "p-a"
+        } else {
+            "p-b"
+        };
         strings(&["default", other])
     };
     let mut results = Vec::new();

@@ -551,3 +551,72 @@ fn once_and_diff_exit_codes_through_the_binary() {
         "Machine m/0: Error cannot upgrade machine's lxd profile: application \"ghost\" not found in model \"m\""
     );
 }
+
+/// Case 10, the retries: a missing instance is retried with backoff, so the requests over
+/// a window grow with its logarithm, not with its length; the other machine converges.
+#[tokio::test]
+async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING)
+            + &machine("0", Some("i0"), &["one"], "")
+            + &machine("1", Some("ghost"), &["one"], "")),
+    );
+    let reads = Arc::new(Reads::default());
+    let client = h.lxd.client().with_observer(reads.clone());
+    let ctl = Controller::new(
+        client,
+        StatusFiles::open(h.state.path()).unwrap(),
+        Options {
+            machine: None,
+            workers: 2,
+            resync: Duration::from_secs(600),
+            dry_run: false,
+            backoff: BackoffConfig {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(60),
+            },
+            names: ProfileNames::default(),
+        },
+    );
+    let mut snapshot = FileSnapshot::default();
+    snapshot.rescan(h.resources.path());
+    ctl.load_snapshot(snapshot.resources());
+    ctl.relist().await.unwrap();
+    ctl.enqueue_all();
+    let workers = tokio::spawn(run_workers(ctl.clone(), false));
+    // A window of 3 s: retries at about 0.1, 0.3, 0.7, 1.5 and 3.1 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ctl.queue.shutdown();
+    workers.await.unwrap();
+    // Each confirmation lists instances and profiles: two GETs.
+    let lists = reads.0.load(Ordering::SeqCst) / 2;
+    eprintln!("listings in 3 s: {lists}");
+    assert!(
+        lists <= 7,
+        "{lists} listings in 3 s: retries are not backing off"
+    );
+    assert!(
+        lists >= 4,
+        "{lists} listings: the missing instance was not retried"
+    );
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m", "juju-m-one-3"])
+    );
+    assert_eq!(h.status(Kind::Machine, "1").phase, Phase::Error);
+}
+
+/// Counts read requests.
+#[derive(Default)]
+struct Reads(AtomicUsize);
+
+impl RequestObserver for Reads {
+    fn observe(&self, method: &str, _code: Option<u16>, _elapsed: Duration) {
+        if method == "GET" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}

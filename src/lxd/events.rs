@@ -299,11 +299,10 @@ where
                     None => return Ok(Ended::Closed("the server closed the connection".into())),
                     Some(Err(e)) => return Err(error_chain(&e)),
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(event) = parse_event(text.as_str(), project) {
-                            if tx.send(EventNotice::Lifecycle(event)).await.is_err() {
+                        if let Some(event) = parse_event(text.as_str(), project)
+                            && tx.send(EventNotice::Lifecycle(event)).await.is_err() {
                                 return Ok(Ended::ConsumerGone);
                             }
-                        }
                     }
                     Some(Ok(Message::Ping(_))) => {
                         // tungstenite queued the pong; push it out now, not at the next read.

@@ -169,6 +169,21 @@ mod tests {
     }
 
     #[test]
+    fn a_project_isolates_profiles_only_with_the_feature() {
+        let project = |name: &str, feature: Option<&str>| ProjectInfo {
+            name: name.into(),
+            config: feature
+                .map(|v| ("features.profiles".to_string(), v.to_string()))
+                .into_iter()
+                .collect(),
+        };
+        assert!(project("default", None).isolates_profiles());
+        assert!(project("t", Some("true")).isolates_profiles());
+        assert!(!project("t", Some("false")).isolates_profiles());
+        assert!(!project("t", None).isolates_profiles());
+    }
+
+    #[test]
     fn encodes_query_values() {
         assert_eq!(encode_component("t-1_a.b~"), "t-1_a.b~");
         assert_eq!(encode_component("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
