@@ -17,15 +17,21 @@ use lxd_mutater::source::watch::FileSnapshot;
 use lxd_mutater::status::files::StatusFiles;
 use support::TestProject;
 
-/// Counts the requests that change something in LXD.
+/// Counts LXD requests: reads, and writes (anything that changes LXD).
 #[derive(Default)]
-struct Writes(AtomicUsize);
+struct Requests {
+    reads: AtomicUsize,
+    writes: AtomicUsize,
+}
 
-impl RequestObserver for Writes {
+impl RequestObserver for Requests {
     fn observe(&self, method: &str, _code: Option<u16>, _elapsed: Duration) {
-        if method != "GET" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
+        let counter = if method == "GET" {
+            &self.reads
+        } else {
+            &self.writes
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -33,7 +39,7 @@ struct Harness {
     lxd: TestProject,
     resources: tempfile::TempDir,
     state: tempfile::TempDir,
-    writes: Arc<Writes>,
+    requests: Arc<Requests>,
 }
 
 const MODEL: &str = "m";
@@ -44,7 +50,7 @@ impl Harness {
             lxd: TestProject::new(),
             resources: tempfile::tempdir().unwrap(),
             state: tempfile::tempdir().unwrap(),
-            writes: Arc::new(Writes::default()),
+            requests: Arc::new(Requests::default()),
         }
     }
 
@@ -53,7 +59,16 @@ impl Harness {
     }
 
     fn controller(&self, dry_run: bool, machine: Option<&str>) -> Arc<Controller<LxdClient>> {
-        let client = self.lxd.client().with_observer(self.writes.clone());
+        self.controller_with(dry_run, machine, BackoffConfig::default())
+    }
+
+    fn controller_with(
+        &self,
+        dry_run: bool,
+        machine: Option<&str>,
+        backoff: BackoffConfig,
+    ) -> Arc<Controller<LxdClient>> {
+        let client = self.lxd.client().with_observer(self.requests.clone());
         Controller::new(
             client,
             StatusFiles::open(self.state.path()).unwrap(),
@@ -62,7 +77,7 @@ impl Harness {
                 workers: 4,
                 resync: Duration::from_secs(600),
                 dry_run,
-                backoff: BackoffConfig::default(),
+                backoff,
                 names: ProfileNames::default(),
             },
         )
@@ -93,7 +108,7 @@ impl Harness {
     }
 
     fn writes(&self) -> usize {
-        self.writes.0.load(Ordering::SeqCst)
+        self.requests.writes.load(Ordering::SeqCst)
     }
 
     fn profiles(&self, instance: &str) -> Vec<String> {
@@ -564,21 +579,12 @@ async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
             + &machine("0", Some("i0"), &["one"], "")
             + &machine("1", Some("ghost"), &["one"], "")),
     );
-    let reads = Arc::new(Reads::default());
-    let client = h.lxd.client().with_observer(reads.clone());
-    let ctl = Controller::new(
-        client,
-        StatusFiles::open(h.state.path()).unwrap(),
-        Options {
-            machine: None,
-            workers: 2,
-            resync: Duration::from_secs(600),
-            dry_run: false,
-            backoff: BackoffConfig {
-                base: Duration::from_millis(100),
-                cap: Duration::from_secs(60),
-            },
-            names: ProfileNames::default(),
+    let ctl = h.controller_with(
+        false,
+        None,
+        BackoffConfig {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(60),
         },
     );
     let mut snapshot = FileSnapshot::default();
@@ -592,7 +598,7 @@ async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
     ctl.queue.shutdown();
     workers.await.unwrap();
     // Each confirmation lists instances and profiles: two GETs.
-    let lists = reads.0.load(Ordering::SeqCst) / 2;
+    let lists = h.requests.reads.load(Ordering::SeqCst) / 2;
     eprintln!("listings in 3 s: {lists}");
     assert!(
         lists <= 7,
@@ -607,16 +613,4 @@ async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
         strings(&["default", "juju-m", "juju-m-one-3"])
     );
     assert_eq!(h.status(Kind::Machine, "1").phase, Phase::Error);
-}
-
-/// Counts read requests.
-#[derive(Default)]
-struct Reads(AtomicUsize);
-
-impl RequestObserver for Reads {
-    fn observe(&self, method: &str, _code: Option<u16>, _elapsed: Duration) {
-        if method == "GET" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 }
