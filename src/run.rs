@@ -42,6 +42,28 @@ fn client(args: &LxdArgs) -> anyhow::Result<(LxdClient, ProfileNames)> {
     Ok((lxd, names))
 }
 
+/// LXD 5.0 lists nothing, without an error, for a project that does not exist: check it
+/// once, so that a typo in --lxd-project is not reported as every instance missing.
+async fn check_project(lxd: &LxdClient) -> anyhow::Result<()> {
+    match lxd.get_project().await {
+        Ok(p) if !p.isolates_profiles() => {
+            warn!(
+                project = lxd.project(),
+                "project has features.profiles=false: its profiles are the default project's"
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(crate::lxd::LxdError::NotFound { .. }) => {
+            anyhow::bail!(
+                "LXD project {:?} does not exist (--lxd-project)",
+                lxd.project()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn load(dir: &std::path::Path) -> anyhow::Result<FileSnapshot> {
     anyhow::ensure!(
         dir.is_dir(),
@@ -77,6 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ctl.load_snapshot(snapshot.resources());
 
     if args.once {
+        check_project(&ctl.lxd).await?;
         ctl.relist().await.context("listing LXD")?;
         ctl.enqueue_all();
         run_workers(ctl.clone(), true).await;
@@ -90,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+    check_project(&ctl.lxd).await?;
     info!(
         resources = %root.display(),
         state_dir = %state_dir.display(),
@@ -202,7 +226,8 @@ pub async fn diff(lxd_args: LxdArgs, resources: ResourcesArg) -> anyhow::Result<
         backoff: BackoffConfig::default(),
         names,
     };
-    let ctl = Controller::new(lxd.clone(), status, opts);
+    check_project(&lxd).await?;
+    let ctl = Controller::new(lxd, status, opts);
     let snapshot = load(&resources.resources)?;
     ctl.load_snapshot(snapshot.resources());
     ctl.relist().await.context("listing LXD")?;

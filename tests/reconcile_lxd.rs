@@ -614,3 +614,19 @@ async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
     );
     assert_eq!(h.status(Kind::Machine, "1").phase, Phase::Error);
 }
+
+#[test]
+fn a_project_that_does_not_exist_is_named_as_such() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+        .args([
+            "diff",
+            "--resources",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples"),
+        ])
+        .args(["--lxd-project", "no-such-project-here"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"no-such-project-here\""), "{err}");
+}
