@@ -621,26 +621,14 @@ async fn measure_200_patches_client_vs_curl() {
     let names: Vec<String> = (0..N).map(|i| format!("i-{i}")).collect();
 
     // Create the instances with one curl process (each POST starts an operation).
-    let mut args: Vec<String> = Vec::new();
-    for (k, name) in names.iter().enumerate() {
-        if k > 0 {
-            args.push("--next".into());
-        }
-        args.extend([
-            "-sS".into(),
-            "--unix-socket".into(),
-            socket.clone(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-X".into(),
-            "POST".into(),
-            "-H".into(),
-            "Content-Type: application/json".into(),
-            "-d".into(),
-            format!(r#"{{"name":"{name}","source":{{"type":"none"}}}}"#),
-            format!("http://lxd/1.0/instances?project={}", project.name()),
-        ]);
-    }
+    let create_url = format!("http://lxd/1.0/instances?project={}", project.name());
+    let args = curl_next(
+        &socket,
+        names.iter().map(|name| {
+            let body = format!(r#"{{"name":"{name}","source":{{"type":"none"}}}}"#);
+            ("POST", create_url.clone(), Some(body))
+        }),
+    );
     run_curl(&args);
     let start = Instant::now();
     while client.list_instances().await.unwrap().len() < N {
@@ -671,29 +659,14 @@ async fn measure_200_patches_client_vs_curl() {
         }
         let client_time = t.elapsed();
 
-        let mut args: Vec<String> = Vec::new();
-        for (k, name) in names.iter().enumerate() {
-            if k > 0 {
-                args.push("--next".into());
-            }
-            let body = serde_json::json!({ "profiles": list(k, true) }).to_string();
-            args.extend([
-                "-sS".into(),
-                "--unix-socket".into(),
-                socket.clone(),
-                "-o".into(),
-                "/dev/null".into(),
-                "-w".into(),
-                "%{http_code}\\n".into(),
-                "-X".into(),
-                "PATCH".into(),
-                "-H".into(),
-                "Content-Type: application/json".into(),
-                "-d".into(),
-                body,
-                format!("http://lxd/1.0/instances/{name}?project={}", project.name()),
-            ]);
-        }
+        let args = curl_next(
+            &socket,
+            names.iter().enumerate().map(|(k, name)| {
+                let body = serde_json::json!({ "profiles": list(k, true) }).to_string();
+                let url = format!("http://lxd/1.0/instances/{name}?project={}", project.name());
+                ("PATCH", url, Some(body))
+            }),
+        );
         let t = Instant::now();
         let out = run_curl(&args);
         let curl_time = t.elapsed();
@@ -713,22 +686,13 @@ async fn measure_200_patches_client_vs_curl() {
 
     // Leave nothing behind: delete the instances now (TestProject's Drop would do it
     // one `lxc` at a time).
-    let mut args: Vec<String> = Vec::new();
-    for (k, name) in names.iter().enumerate() {
-        if k > 0 {
-            args.push("--next".into());
-        }
-        args.extend([
-            "-sS".into(),
-            "--unix-socket".into(),
-            socket.clone(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-X".into(),
-            "DELETE".into(),
-            format!("http://lxd/1.0/instances/{name}?project={}", project.name()),
-        ]);
-    }
+    let args = curl_next(
+        &socket,
+        names.iter().map(|name| {
+            let url = format!("http://lxd/1.0/instances/{name}?project={}", project.name());
+            ("DELETE", url, None)
+        }),
+    );
     run_curl(&args);
     let start = Instant::now();
     while !client.list_instances().await.unwrap().is_empty() {
@@ -738,6 +702,44 @@ async fn measure_200_patches_client_vs_curl() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Arguments for one curl process that sends every request in turn on one connection
+/// (`--next`), printing each status code on its own line.
+fn curl_next<'a>(
+    socket: &str,
+    requests: impl Iterator<Item = (&'a str, String, Option<String>)>,
+) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    for (k, (method, url, body)) in requests.enumerate() {
+        if k > 0 {
+            args.push("--next".into());
+        }
+        args.extend(
+            [
+                "-sS",
+                "--unix-socket",
+                socket,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\\n",
+                "-X",
+                method,
+            ]
+            .map(String::from),
+        );
+        if let Some(body) = body {
+            args.extend([
+                "-H".into(),
+                "Content-Type: application/json".into(),
+                "-d".into(),
+                body,
+            ]);
+        }
+        args.push(url);
+    }
+    args
 }
 
 fn run_curl(args: &[String]) -> String {

@@ -509,24 +509,19 @@ fn once_and_diff_exit_codes_through_the_binary() {
         "diff changes nothing"
     );
     let state = h.state.path().to_str().unwrap();
-    let once = Command::new(bin)
-        .args([
-            "run",
-            "--once",
-            "--resources",
-            res,
-            "--lxd-project",
-            h.lxd.name(),
-            "--state-dir",
-            state,
-        ])
-        .output()
-        .unwrap();
+    let once = || {
+        Command::new(bin)
+            .args(["run", "--once", "--resources", res])
+            .args(["--lxd-project", h.lxd.name(), "--state-dir", state])
+            .output()
+            .unwrap()
+    };
+    let out = once();
     assert_eq!(
-        once.status.code(),
+        out.status.code(),
         Some(0),
         "{}",
-        String::from_utf8_lossy(&once.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(diff().status.code(), Some(0));
     let get = Command::new(bin)
@@ -547,22 +542,10 @@ fn once_and_diff_exit_codes_through_the_binary() {
         "r.yaml",
         &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["ghost"], "")),
     );
-    let once = Command::new(bin)
-        .args([
-            "run",
-            "--once",
-            "--resources",
-            res,
-            "--lxd-project",
-            h.lxd.name(),
-            "--state-dir",
-            state,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(once.status.code(), Some(1));
+    let out = once();
+    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&once.stdout).trim(),
+        String::from_utf8_lossy(&out.stdout).trim(),
         "Machine m/0: Error cannot upgrade machine's lxd profile: application \"ghost\" not found in model \"m\""
     );
 }

@@ -106,12 +106,8 @@ pub(crate) fn encode_component(value: &str) -> String {
 #[derive(Deserialize)]
 pub(crate) struct WireProfile {
     pub name: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-    #[serde(default)]
-    pub devices: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub content: ProfileContent,
     #[serde(default)]
     pub used_by: Option<Vec<String>>,
 }
@@ -120,11 +116,7 @@ impl From<WireProfile> for Profile {
     fn from(w: WireProfile) -> Profile {
         Profile {
             name: w.name,
-            content: ProfileContent {
-                description: w.description,
-                config: w.config,
-                devices: w.devices,
-            },
+            content: w.content,
             used_by: w.used_by.unwrap_or_default(),
         }
     }
