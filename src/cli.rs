@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// Longest retry delay.
     #[arg(long, env = "LXD_MUTATER_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
     pub backoff_max: std::time::Duration,
+    /// A reconcile running longer is abandoned, counted (category reconcile_timeout) and
+    /// retried with backoff; /healthz fails when one runs well past it.
+    #[arg(long, env = "LXD_MUTATER_RECONCILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_timeout: std::time::Duration,
     /// Detect and report drift (status Drifted) and change nothing in LXD.
     #[arg(long, env = "LXD_MUTATER_DRY_RUN")]
     pub dry_run: bool,

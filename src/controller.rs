@@ -1,22 +1,24 @@
-//! The controller: the work queue, the workers, the resync, the file source and the
-//! status writes, wired together. Each reconcile is level-triggered: it reads the whole
-//! desired state of its key and the cached observed state, plans, applies, and says so.
+//! The controller: the work queue, the workers, the reconcile of one resource, the
+//! clean-up of unused profiles and the handling of LXD events, sharing one desired state
+//! and one observed cache. Each reconcile is level-triggered: it reads the whole desired
+//! state of its key and the cached observed state, plans, applies, and says so.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::lxd::{LxdApi, LxdError};
+use crate::lxd::{LifecycleAction, LifecycleEvent, LxdApi, LxdError};
 use crate::queue::{BackoffConfig, WorkQueue};
-use crate::reconcile::apply::apply;
-use crate::reconcile::{Decision, Plan, Step, plan};
+use crate::reconcile::apply::{ProfileLocks, apply};
+use crate::reconcile::{Decision, Plan, plan};
 use crate::resource::{Application, Kind, Phase, ProfileNames, Resource, ResourceKey, Workload};
 use crate::status::files::StatusFiles;
+use crate::status::metrics::{DriftKind, ErrorKind, Metrics, ReconcileResult, Telemetry};
 use crate::status::{self, ERROR_PREFIX, Outcome};
-use crate::store::{Desired, Observed};
+use crate::store::{Desired, Object, Observed};
 
 /// What the queue holds: a resource to reconcile, or the clean-up of unused profiles.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +38,23 @@ pub struct Options {
     pub dry_run: bool,
     pub backoff: BackoffConfig,
     pub names: ProfileNames,
+    /// A reconcile running longer is abandoned, counted, and retried with backoff.
+    pub reconcile_timeout: Duration,
+}
+
+impl Options {
+    /// The defaults of `run`.
+    pub fn new(names: ProfileNames) -> Options {
+        Options {
+            machine: None,
+            workers: 4,
+            resync: Duration::from_secs(600),
+            dry_run: false,
+            backoff: BackoffConfig::default(),
+            names,
+            reconcile_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why a reconcile did not succeed, for the queue and for metrics.
@@ -47,6 +66,18 @@ pub enum ReconcileError {
     /// The instance is not in LXD: retried with backoff.
     #[error("instance {0:?} not found")]
     MissingInstance(String),
+    #[error("reconcile took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+impl ReconcileError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ReconcileError::Lxd(e) => e.category().into(),
+            ReconcileError::MissingInstance(_) => ErrorKind::missing_instance,
+            ReconcileError::Timeout(_) => ErrorKind::reconcile_timeout,
+        }
+    }
 }
 
 /// The controller's state, shared by its tasks.
@@ -56,8 +87,12 @@ pub struct Controller<L: LxdApi> {
     pub observed: RwLock<Observed>,
     pub queue: WorkQueue<WorkKey>,
     pub status: StatusFiles,
+    pub metrics: Arc<Metrics>,
     pub opts: Options,
+    locks: ProfileLocks,
     desired_loaded: AtomicBool,
+    draining: AtomicBool,
+    source_errors: std::sync::atomic::AtomicUsize,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -76,21 +111,47 @@ pub struct Reconciled {
 }
 
 impl<L: LxdApi> Controller<L> {
-    pub fn new(lxd: L, status: StatusFiles, opts: Options) -> Arc<Self> {
-        let queue = WorkQueue::new("lxd_mutater", opts.backoff);
+    /// `telemetry.metrics` should observe `lxd`'s requests, for `/readyz` to see LXD.
+    pub fn new(lxd: L, status: StatusFiles, opts: Options, telemetry: &Telemetry) -> Arc<Self> {
+        let queue =
+            WorkQueue::new("lxd_mutater", opts.backoff).with_metrics(telemetry.queue.clone());
         Arc::new(Controller {
             lxd,
             desired: RwLock::new(Desired::default()),
             observed: RwLock::new(Observed::default()),
             queue,
             status,
+            metrics: telemetry.metrics.clone(),
             opts,
+            locks: ProfileLocks::default(),
             desired_loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            source_errors: Default::default(),
         })
     }
 
-    /// The flavour that manages a kind here, if any: with `--machine` only the
-    /// containers of that host.
+    /// Stop taking work: the queue hands out nothing more; `/readyz` says so.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.queue.shutdown();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resource files that do not parse now (the source says).
+    pub fn set_source_errors(&self, n: usize) {
+        self.source_errors.store(n, Ordering::SeqCst);
+        self.metrics.set_source_errors(n);
+    }
+
+    pub fn source_errors(&self) -> usize {
+        self.source_errors.load(Ordering::SeqCst)
+    }
+
+    /// Whether this process manages `w`: with `--machine`, only the containers of that
+    /// host.
     fn manages(&self, key: &ResourceKey, w: &Workload) -> bool {
         match (&self.opts.machine, key.kind) {
             (None, Kind::Machine | Kind::Container) => true,
@@ -100,7 +161,7 @@ impl<L: LxdApi> Controller<L> {
     }
 
     /// Replaces the desired state with a full snapshot from the source; enqueues what
-    /// changed and forgets what went away.
+    /// changed and forgets what went away (LXD untouched for it).
     pub fn load_snapshot(&self, resources: Vec<Resource>) {
         let mut changed = Vec::new();
         {
@@ -111,6 +172,7 @@ impl<L: LxdApi> Controller<L> {
                     changed.extend(d.remove(&key));
                     if key.kind != Kind::Application {
                         self.status.remove(&key);
+                        self.metrics.forget(&key);
                     }
                 }
             }
@@ -119,7 +181,11 @@ impl<L: LxdApi> Controller<L> {
             }
         }
         self.desired_loaded.store(true, Ordering::SeqCst);
-        for k in changed {
+        self.enqueue(changed);
+    }
+
+    fn enqueue(&self, keys: impl IntoIterator<Item = ResourceKey>) {
+        for k in keys {
             self.queue.add(WorkKey::Resource(k));
         }
     }
@@ -143,20 +209,23 @@ impl<L: LxdApi> Controller<L> {
             .workloads()
             .map(|(k, _)| k.clone())
             .collect();
-        for k in keys {
-            self.queue.add(WorkKey::Resource(k));
-        }
+        self.enqueue(keys);
         self.queue.add(WorkKey::Collect);
     }
 
-    /// Runs one key. Errors go back to the queue with backoff.
+    /// Runs one key, within the reconcile timeout.
     pub async fn process(&self, key: &WorkKey) -> Result<Option<Reconciled>, ReconcileError> {
         match key {
             WorkKey::Collect => {
                 self.collect().await;
                 Ok(None)
             }
-            WorkKey::Resource(k) => self.reconcile(k).await,
+            WorkKey::Resource(k) => {
+                let limit = self.opts.reconcile_timeout;
+                tokio::time::timeout(limit, self.reconcile(k))
+                    .await
+                    .unwrap_or(Err(ReconcileError::Timeout(limit)))
+            }
         }
     }
 
@@ -192,29 +261,21 @@ impl<L: LxdApi> Controller<L> {
             }
             decision = decide();
         }
-        let (phase, message, profiles, drift, result) = match decision {
-            Decision::Skip(why) => (Phase::Skipped, why, None, None, Ok(())),
-            Decision::Pending => (Phase::Pending, String::new(), None, None, Ok(())),
-            Decision::Invalid(why) => (
-                Phase::Error,
-                format!("{ERROR_PREFIX}{why}"),
-                None,
-                None,
-                Ok(()),
-            ),
+        let (phase, message, result) = match decision {
+            Decision::Skip(why) => (Phase::Skipped, why, Ok(())),
+            Decision::Pending => (Phase::Pending, String::new(), Ok(())),
+            Decision::Invalid(why) => {
+                self.metrics.error(key.kind, ErrorKind::invalid);
+                (Phase::Error, format!("{ERROR_PREFIX}{why}"), Ok(()))
+            }
             Decision::UnknownInstance(instance) => {
                 let message = format!("{ERROR_PREFIX}instance {instance:?} not found");
-                (
-                    Phase::Error,
-                    message,
-                    None,
-                    None,
-                    Err(ReconcileError::MissingInstance(instance)),
-                )
+                let e = Err(ReconcileError::MissingInstance(instance));
+                (Phase::Error, message, e)
             }
             Decision::Act(p) => return self.act(key, &workload, p).await,
         };
-        self.set_status(key, &workload, outcome(phase, &message, profiles, drift));
+        self.set_status(key, &workload, outcome(phase, &message, None, None));
         result.map(|()| Some(Reconciled { phase, message }))
     }
 
@@ -232,11 +293,12 @@ impl<L: LxdApi> Controller<L> {
                 crate::store::OWNER_KEY
             )
         });
+        let settled = |phase_if_ok: Phase| match &foreign {
+            Some(m) => (Phase::Error, m.clone()),
+            None => (phase_if_ok, String::new()),
+        };
         if p.is_empty() {
-            let (phase, message) = match &foreign {
-                Some(m) => (Phase::Error, m.clone()),
-                None => (Phase::Applied, String::new()),
-            };
+            let (phase, message) = settled(Phase::Applied);
             self.set_status(
                 key,
                 w,
@@ -244,77 +306,121 @@ impl<L: LxdApi> Controller<L> {
             );
             return Ok(Some(Reconciled { phase, message }));
         }
-        // Drift: LXD moved away from what was applied, the desired list unchanged.
-        let was_applied = prev.as_ref().is_some_and(|s| {
-            matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected
-        });
-        let drift = (was_applied || p.rewritten().next().is_some()).then(|| p.describe());
+        // Drift of the list: LXD moved away from what was applied, the expected list
+        // unchanged (a new revision or application is an update, not drift).
+        let list_drift = p.list_differs()
+            && prev.as_ref().is_some_and(|s| {
+                matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected
+            });
         if self.opts.dry_run {
-            let described = p.describe();
-            let new_drift = prev
-                .as_ref()
-                .and_then(|s| s.drift.as_ref())
-                .map(|d| d.last.as_str())
-                != Some(described.as_str());
-            let message = format!("drift: {described}");
-            self.set_status(
+            return Ok(Some(self.report_drift(
                 key,
                 w,
-                outcome(
-                    Phase::Drifted,
-                    &message,
-                    Some(p.current.clone()),
-                    new_drift.then_some(described),
-                ),
-            );
-            return Ok(Some(Reconciled {
-                phase: Phase::Drifted,
-                message,
-            }));
+                &p,
+                prev.as_ref(),
+                list_drift,
+            )));
+        }
+        let list_drift_text = list_drift.then(|| p.describe());
+        if list_drift {
+            self.metrics.drift_detected(key.kind, DriftKind::profiles);
         }
         self.set_status(
             key,
             w,
-            outcome(Phase::Idle, "", Some(p.current.clone()), drift.clone()),
+            outcome(
+                Phase::Idle,
+                "",
+                Some(p.current.clone()),
+                list_drift_text.clone(),
+            ),
         );
-        let started = std::time::Instant::now();
-        match apply(&self.lxd, &p, &self.observed).await {
+        let started = Instant::now();
+        match apply(&self.lxd, &p, &self.observed, &self.locks).await {
             Ok(applied) => {
+                // Content drift is counted by the reconcile that rewrote the profile,
+                // once, however many instances use it.
+                for _ in &applied.rewritten {
+                    self.metrics.drift_detected(key.kind, DriftKind::content);
+                    self.metrics.drift_corrected(key.kind, DriftKind::content);
+                }
+                if list_drift && applied.list_set {
+                    self.metrics.drift_corrected(key.kind, DriftKind::profiles);
+                }
                 info!(
                     resource = %key,
                     instance = %p.instance,
+                    result = "applied",
                     current = ?p.current,
                     expected = ?p.expected,
-                    drift = drift.is_some(),
+                    drift = list_drift_text.as_deref().unwrap_or(""),
+                    rewritten = ?applied.rewritten,
                     took_ms = started.elapsed().as_millis() as u64,
-                    "applied"
+                    "reconciled"
                 );
-                let (phase, message) = match foreign {
-                    Some(m) => (Phase::Error, m),
-                    None => (Phase::Applied, String::new()),
-                };
-                self.set_status(
-                    key,
-                    w,
-                    outcome(phase, &message, Some(applied.profiles), None),
-                );
-                if p.steps
-                    .iter()
-                    .any(|s| matches!(s, Step::SetProfiles { .. }))
-                {
+                let content_drift = (!applied.rewritten.is_empty())
+                    .then(|| format!("profile content differs: {}", applied.rewritten.join(", ")));
+                let (phase, message) = settled(Phase::Applied);
+                let o = outcome(phase, &message, Some(applied.profiles), content_drift);
+                self.set_status(key, w, o);
+                if applied.list_set {
                     self.queue.add(WorkKey::Collect);
                 }
                 Ok(Some(Reconciled { phase, message }))
             }
             Err(e) => {
                 let message = format!("{ERROR_PREFIX}{e}");
-                warn!(resource = %key, instance = %p.instance, error = %e, "apply failed");
+                warn!(
+                    resource = %key,
+                    instance = %p.instance,
+                    result = "error",
+                    current = ?p.current,
+                    expected = ?p.expected,
+                    error = %e,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "reconcile failed"
+                );
                 let now = read(&self.observed)
                     .instance_profiles(&p.instance)
                     .map(<[String]>::to_vec);
                 self.set_status(key, w, outcome(Phase::Error, &message, now, None));
                 Err(e.cause.into())
             }
+        }
+    }
+
+    /// `--dry-run`: say what drifted, count a drift once (not on every pass), touch
+    /// nothing.
+    fn report_drift(
+        &self,
+        key: &ResourceKey,
+        w: &Workload,
+        p: &Plan,
+        prev: Option<&crate::resource::Status>,
+        list_drift: bool,
+    ) -> Reconciled {
+        let described = p.describe();
+        let new = prev.and_then(|s| s.drift.as_ref()).map(|d| d.last.as_str())
+            != Some(described.as_str());
+        if new {
+            if list_drift {
+                self.metrics.drift_detected(key.kind, DriftKind::profiles);
+            }
+            if p.rewritten().next().is_some() {
+                self.metrics.drift_detected(key.kind, DriftKind::content);
+            }
+        }
+        let message = format!("drift: {described}");
+        let o = outcome(
+            Phase::Drifted,
+            &message,
+            Some(p.current.clone()),
+            new.then_some(described),
+        );
+        self.set_status(key, w, o);
+        Reconciled {
+            phase: Phase::Drifted,
+            message,
         }
     }
 
@@ -332,6 +438,13 @@ impl<L: LxdApi> Controller<L> {
     }
 
     fn set_status(&self, key: &ResourceKey, w: &Workload, o: Outcome) {
+        let drifted = match o.phase {
+            Phase::Drifted => true,
+            Phase::Idle => o.drift.is_some() || self.metrics.is_drifted(key),
+            Phase::Error => self.metrics.is_drifted(key),
+            _ => false,
+        };
+        self.metrics.set_state(key, o.phase, drifted);
         let prev = self.status.get(key);
         let generation = w
             .metadata
@@ -347,8 +460,8 @@ impl<L: LxdApi> Controller<L> {
         }
     }
 
-    /// Deletes owned charm profiles that no managed resource expects and that LXD
-    /// reports unused. Never before both the desired state and a full listing are loaded.
+    /// Deletes owned charm profiles that no resource expects and that LXD reports unused.
+    /// Never before both the desired state and a full listing are loaded.
     pub async fn collect(&self) {
         if !self.is_loaded() || self.opts.dry_run {
             return;
@@ -365,15 +478,21 @@ impl<L: LxdApi> Controller<L> {
             .map(|(name, _)| name.clone())
             .collect();
         for name in doomed {
+            let object = Object::Profile(name.clone());
+            write(&self.observed).expect_echo(object.clone());
             match self.lxd.delete_profile(&name).await {
-                Ok(()) | Err(LxdError::NotFound { .. }) => {
+                Ok(()) => {
                     info!(profile = %name, "deleted unused profile");
                     write(&self.observed).remove_profile(&name);
                 }
-                Err(LxdError::InUse { .. }) => {
-                    debug!(profile = %name, "profile still in use: kept")
+                Err(e) => {
+                    write(&self.observed).cancel_echo(&object);
+                    match e {
+                        LxdError::NotFound { .. } => write(&self.observed).remove_profile(&name),
+                        LxdError::InUse { .. } => debug!(profile = %name, "still in use: kept"),
+                        e => warn!(profile = %name, error = %e, "cannot delete unused profile"),
+                    }
                 }
-                Err(e) => warn!(profile = %name, error = %e, "cannot delete unused profile"),
             }
         }
     }
@@ -397,6 +516,67 @@ impl<L: LxdApi> Controller<L> {
             }
         }
         out
+    }
+
+    /// An LXD lifecycle event: the cache learns what changed (one read of the object,
+    /// only when a managed resource cares and the change is not our own write's echo),
+    /// and exactly the affected resources are enqueued.
+    pub async fn on_event(&self, event: &LifecycleEvent) -> Result<(), LxdError> {
+        let name = event.name.as_str();
+        match &event.action {
+            LifecycleAction::InstanceCreated | LifecycleAction::InstanceUpdated => {
+                let keys = read(&self.desired).keys_for_instance(name);
+                let echo = write(&self.observed).take_echo(&Object::Instance(name.into()));
+                if keys.is_empty() || echo {
+                    return Ok(());
+                }
+                match self.lxd.get_instance(name).await {
+                    Ok((i, _)) => write(&self.observed).set_instance_profiles(&i.name, &i.profiles),
+                    Err(LxdError::NotFound { .. }) => write(&self.observed).remove_instance(name),
+                    Err(e) => return Err(e),
+                }
+                self.enqueue(keys);
+            }
+            LifecycleAction::InstanceDeleted => {
+                write(&self.observed).remove_instance(name);
+                self.enqueue(read(&self.desired).keys_for_instance(name));
+            }
+            LifecycleAction::ProfileCreated | LifecycleAction::ProfileUpdated => {
+                let keys = read(&self.desired).keys_for_profile(name, &self.opts.names);
+                let echo = write(&self.observed).take_echo(&Object::Profile(name.into()));
+                if keys.is_empty() || echo {
+                    return Ok(());
+                }
+                match self.lxd.get_profile(name).await {
+                    Ok((p, _)) => write(&self.observed).put_lxd_profile(p),
+                    Err(LxdError::NotFound { .. }) => write(&self.observed).remove_profile(name),
+                    Err(e) => return Err(e),
+                }
+                self.enqueue(keys);
+            }
+            LifecycleAction::ProfileDeleted => {
+                let echo = write(&self.observed).take_echo(&Object::Profile(name.into()));
+                write(&self.observed).remove_profile(name);
+                if !echo {
+                    self.enqueue(read(&self.desired).keys_for_profile(name, &self.opts.names));
+                }
+            }
+            LifecycleAction::InstanceRenamed | LifecycleAction::ProfileRenamed => {
+                // The event names one side only: a listing settles both.
+                self.relisted().await?;
+            }
+            LifecycleAction::Other(_) => {}
+        }
+        Ok(())
+    }
+
+    /// After a (re)connect of the events stream: events may have been lost, so list
+    /// again and look at everything.
+    pub async fn relisted(&self) -> Result<(), LxdError> {
+        self.relist().await?;
+        write(&self.observed).forget_echoes();
+        self.enqueue_all();
+        Ok(())
     }
 
     /// The plans of every managed resource, without touching anything (for `diff`).
@@ -441,7 +621,24 @@ pub async fn run_workers<L: LxdApi>(ctl: Arc<Controller<L>>, once: bool) {
         let ctl = ctl.clone();
         tasks.spawn(async move {
             while let Some(key) = ctl.queue.get().await {
+                let started = Instant::now();
                 let result = ctl.process(&key).await;
+                let kind = match &key {
+                    WorkKey::Resource(k) => Some(k.kind),
+                    WorkKey::Collect => None,
+                };
+                let counted = match &result {
+                    Ok(Some(r)) if r.phase == Phase::Error => ReconcileResult::error,
+                    Ok(_) => ReconcileResult::success,
+                    Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => ReconcileResult::requeue,
+                    Err(_) => ReconcileResult::error,
+                };
+                if let Some(kind) = kind {
+                    ctl.metrics.reconciled(kind, counted, started.elapsed());
+                    if let Err(e) = &result {
+                        ctl.metrics.error(kind, e.kind());
+                    }
+                }
                 match result {
                     Ok(_) => ctl.queue.forget(&key),
                     Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => {

@@ -2,19 +2,21 @@
 //! the wiring of source, store, queue, reconcile, LXD and status, in one place.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::{GetArgs, LxdArgs, ResourcesArg, RunArgs};
 use crate::controller::{Controller, Options, run_workers};
-use crate::lxd::{Endpoint, LxdClient};
+use crate::lxd::{Endpoint, EventNotice, LxdClient};
 use crate::queue::BackoffConfig;
 use crate::reconcile::Decision;
 use crate::resource::{Kind, Phase, ProfileNames};
 use crate::source::watch::{FileSnapshot, watch};
 use crate::status::files::{StatusFiles, default_state_dir, read_all};
+use crate::status::metrics::Telemetry;
 
 fn init_logs(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
@@ -29,14 +31,15 @@ fn init_logs(format: &str, level: &str) {
     };
 }
 
-fn client(args: &LxdArgs) -> anyhow::Result<(LxdClient, ProfileNames)> {
+fn client(args: &LxdArgs, telemetry: &Telemetry) -> anyhow::Result<(LxdClient, ProfileNames)> {
     let endpoint = Endpoint::parse(
         args.lxd.as_deref(),
         args.lxd_client_cert.clone(),
         args.lxd_client_key.clone(),
         args.lxd_server_cert.clone(),
     )?;
-    let lxd = LxdClient::new(&endpoint, &args.lxd_project)?;
+    let lxd =
+        LxdClient::new(&endpoint, &args.lxd_project)?.with_observer(telemetry.metrics.clone());
     let names = ProfileNames::new(&args.charm_profile_template, &args.model_profile_template)
         .map_err(anyhow::Error::msg)?;
     Ok((lxd, names))
@@ -78,7 +81,8 @@ fn load(dir: &std::path::Path) -> anyhow::Result<FileSnapshot> {
 /// `lxd-mutater run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logs(&args.log_format, &args.log_level);
-    let (lxd, names) = client(&args.lxd)?;
+    let telemetry = Arc::new(Telemetry::new());
+    let (lxd, names) = client(&args.lxd, &telemetry)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let status = StatusFiles::open(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))?;
@@ -91,12 +95,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             base: args.backoff_base,
             cap: args.backoff_max,
         },
-        names,
+        reconcile_timeout: args.reconcile_timeout,
+        ..Options::new(names)
     };
-    let ctl = Controller::new(lxd, status, opts);
+    let ctl = Controller::new(lxd, status, opts, &telemetry);
     let root = args.resources.resources.clone();
     let mut snapshot = load(&root)?;
     ctl.load_snapshot(snapshot.resources());
+    ctl.set_source_errors(snapshot.broken_files());
 
     if args.once {
         check_project(&ctl.lxd).await?;
@@ -106,21 +112,56 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(once_report(&ctl));
     }
 
+    // Bound before anything else, so that a busy port fails the start, not later.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let http = tokio::spawn(crate::status::http::serve(
+        listener,
+        ctl.clone(),
+        telemetry.clone(),
+    ));
+
     // Wait for LXD: a controller started before its LXD must not exit.
     let mut delay = Duration::from_millis(500);
-    while let Err(e) = ctl.relist().await {
-        warn!(error = %e, "cannot list LXD; retrying in {delay:?}");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+    loop {
+        match check_project(&ctl.lxd).await {
+            Ok(()) => break,
+            Err(e) if e.downcast_ref::<crate::lxd::LxdError>().is_some() => {
+                warn!(error = %e, "LXD does not answer; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    check_project(&ctl.lxd).await?;
+    // The events stream's first connect lists LXD and enqueues everything: listing
+    // after subscribing is what makes sure no change falls in between.
+    let events = {
+        let ctl = ctl.clone();
+        let mut stream = ctl.lxd.events();
+        tokio::spawn(async move {
+            while let Some(notice) = stream.next().await {
+                let result = match notice {
+                    EventNotice::Connected => {
+                        debug!("events connected: listing LXD");
+                        ctl.relisted().await
+                    }
+                    EventNotice::Lifecycle(e) => ctl.on_event(&e).await,
+                };
+                if let Err(e) = result {
+                    warn!(error = %e, "handling an LXD event");
+                }
+            }
+        })
+    };
     info!(
         resources = %root.display(),
         state_dir = %state_dir.display(),
         dry_run = args.dry_run,
         "started"
     );
-    ctl.enqueue_all();
     let workers = tokio::spawn(run_workers(ctl.clone(), false));
 
     let (mut ticks, _watcher) = watch(&root, Duration::from_secs(30))
@@ -133,6 +174,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 if snapshot.rescan(&root) {
                     ctl.load_snapshot(snapshot.resources());
                 }
+                ctl.set_source_errors(snapshot.broken_files());
             }
         })
     };
@@ -154,14 +196,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     shutdown_signal().await;
     info!("stopping: finishing the reconciles in flight (30 s at most; a second signal exits now)");
-    ctl.queue.shutdown();
-    source.abort();
-    resync.abort();
+    ctl.drain();
+    for task in [source, resync, events] {
+        task.abort();
+    }
     tokio::select! {
         _ = workers => {}
         _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("reconciles still running after 30 s: exiting"),
         _ = shutdown_signal() => warn!("second signal: exiting now"),
     }
+    http.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -215,19 +259,16 @@ fn once_report<L: crate::lxd::LxdApi>(ctl: &Controller<L>) -> ExitCode {
 /// `lxd-mutater diff`: 0 in sync, 2 drift, 1 error.
 pub async fn diff(lxd_args: LxdArgs, resources: ResourcesArg) -> anyhow::Result<ExitCode> {
     init_logs("text", "warn");
-    let (lxd, names) = client(&lxd_args)?;
+    let telemetry = Telemetry::new();
+    let (lxd, names) = client(&lxd_args, &telemetry)?;
     let dir = tempfile_dir()?;
     let status = StatusFiles::open(&dir)?;
     let opts = Options {
-        machine: None,
-        workers: 1,
-        resync: Duration::from_secs(600),
         dry_run: true,
-        backoff: BackoffConfig::default(),
-        names,
+        ..Options::new(names)
     };
     check_project(&lxd).await?;
-    let ctl = Controller::new(lxd, status, opts);
+    let ctl = Controller::new(lxd, status, opts, &telemetry);
     let snapshot = load(&resources.resources)?;
     ctl.load_snapshot(snapshot.resources());
     ctl.relist().await.context("listing LXD")?;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use lxd_mutater::controller::{Controller, Options, run_workers};
 use lxd_mutater::lxd::RequestObserver;
-use lxd_mutater::queue::BackoffConfig;
 use lxd_mutater::resource::{ProfileNames, parse_str};
 use lxd_mutater::status::files::StatusFiles;
+use lxd_mutater::status::metrics::Telemetry;
 use support::TestProject;
 
 #[derive(Default)]
@@ -71,13 +71,10 @@ async fn upgrade_of_200_machines() {
         lxd.client().with_observer(count.clone()),
         StatusFiles::open(state.path()).unwrap(),
         Options {
-            machine: None,
             workers,
-            resync: Duration::from_secs(600),
-            dry_run: false,
-            backoff: BackoffConfig::default(),
-            names: ProfileNames::default(),
+            ..Options::new(ProfileNames::default())
         },
+        &Telemetry::new(),
     );
     ctl.load_snapshot(resources(n, 1));
     ctl.relist().await.unwrap();

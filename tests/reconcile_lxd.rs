@@ -15,6 +15,7 @@ use lxd_mutater::queue::BackoffConfig;
 use lxd_mutater::resource::{Kind, Phase, ProfileNames, ResourceKey, Status};
 use lxd_mutater::source::watch::FileSnapshot;
 use lxd_mutater::status::files::StatusFiles;
+use lxd_mutater::status::metrics::Telemetry;
 use support::TestProject;
 
 /// Counts LXD requests: reads, and writes (anything that changes LXD).
@@ -75,11 +76,11 @@ impl Harness {
             Options {
                 machine: machine.map(str::to_string),
                 workers: 4,
-                resync: Duration::from_secs(600),
                 dry_run,
                 backoff,
-                names: ProfileNames::default(),
+                ..Options::new(ProfileNames::default())
             },
+            &Telemetry::new(),
         )
     }
 

@@ -52,6 +52,20 @@ pub trait LxdApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), LxdError>> + Send;
     /// `DELETE /1.0/profiles/<n>`; a profile still in use gives `LxdError::InUse`.
     fn delete_profile(&self, name: &str) -> impl Future<Output = Result<(), LxdError>> + Send;
+    /// `GET /1.0/instances/<n>`: one instance, and its ETag (for `If-Match`). For an
+    /// event about one instance; a listing serves everything else.
+    fn get_instance(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(Instance, Option<String>), LxdError>> + Send;
+    /// `GET /1.0`: the API version, extensions and server version; also the cheapest
+    /// way to ask whether LXD answers.
+    fn server(&self) -> impl Future<Output = Result<ServerInfo, LxdError>> + Send;
+    /// `GET /1.0/profiles/<n>`: one profile, and its ETag.
+    fn get_profile(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(Profile, Option<String>), LxdError>> + Send;
 }
 
 /// Instrumentation hook: called once per HTTP request (an operation wait is a request of
@@ -208,32 +222,6 @@ impl LxdClient {
 
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
-    }
-
-    /// One instance and its ETag (for `If-Match`).
-    pub async fn get_instance(&self, name: &str) -> Result<(Instance, Option<String>), LxdError> {
-        let path = format!("/1.0/instances/{}", encode_component(name));
-        let (etag, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
-        Ok((decode(&path, metadata)?, etag))
-    }
-
-    /// One profile and its ETag (for `If-Match`).
-    pub async fn get_profile(&self, name: &str) -> Result<(Profile, Option<String>), LxdError> {
-        let path = format!("/1.0/profiles/{}", encode_component(name));
-        let (etag, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
-        let wire: WireProfile = decode(&path, metadata)?;
-        Ok((wire.into(), etag))
-    }
-
-    /// `GET /1.0`: the API version, extensions and server version.
-    pub async fn server(&self) -> Result<ServerInfo, LxdError> {
-        let (_, metadata) = self.call(Method::GET, "/1.0", &[], None, None).await?;
-        let wire: WireServer = decode("/1.0", metadata)?;
-        Ok(ServerInfo {
-            api_version: wire.api_version,
-            api_extensions: wire.api_extensions,
-            server_version: wire.environment.server_version,
-        })
     }
 
     /// `GET /1.0/projects/<p>`: whether the project exists and isolates profiles. LXD 5.0
@@ -464,6 +452,29 @@ fn to_body<T: Serialize>(value: &T) -> Result<Value, LxdError> {
 }
 
 impl LxdApi for LxdClient {
+    async fn server(&self) -> Result<ServerInfo, LxdError> {
+        let (_, metadata) = self.call(Method::GET, "/1.0", &[], None, None).await?;
+        let wire: WireServer = decode("/1.0", metadata)?;
+        Ok(ServerInfo {
+            api_version: wire.api_version,
+            api_extensions: wire.api_extensions,
+            server_version: wire.environment.server_version,
+        })
+    }
+
+    async fn get_instance(&self, name: &str) -> Result<(Instance, Option<String>), LxdError> {
+        let path = format!("/1.0/instances/{}", encode_component(name));
+        let (etag, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
+        Ok((decode(&path, metadata)?, etag))
+    }
+
+    async fn get_profile(&self, name: &str) -> Result<(Profile, Option<String>), LxdError> {
+        let path = format!("/1.0/profiles/{}", encode_component(name));
+        let (etag, metadata) = self.call(Method::GET, &path, &[], None, None).await?;
+        let wire: WireProfile = decode(&path, metadata)?;
+        Ok((wire.into(), etag))
+    }
+
     async fn list_instances(&self) -> Result<Vec<Instance>, LxdError> {
         let path = "/1.0/instances";
         let (_, metadata) = self

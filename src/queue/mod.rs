@@ -320,6 +320,18 @@ where
     pub fn processing(&self) -> usize {
         self.shared.lock().processing.len()
     }
+
+    /// How long the oldest key being processed has been held (zero when none is).
+    pub fn longest_processing(&self) -> Duration {
+        let now = Instant::now();
+        self.shared
+            .lock()
+            .processing
+            .values()
+            .map(|started| now.saturating_duration_since(*started))
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 impl<K> Shared<K>

@@ -5,6 +5,8 @@
 //! written. `files` keeps statuses under the state directory.
 
 pub mod files;
+pub mod http;
+pub mod metrics;
 
 use crate::resource::{DriftStatus, Phase, Status};
 

@@ -1,11 +1,11 @@
-//! The desired state: every resource the source holds now, and an index from each
-//! Application to the Machines and Containers that name it, so that a changed
-//! Application enqueues exactly those (no scan of the fleet).
+//! The desired state: every resource the source holds now, and indexes from each
+//! Application, instance and extra profile to the Machines and Containers that name it,
+//! so that a change or an LXD event enqueues exactly those (no scan of the fleet).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::resource::{Application, Kind, Resource, ResourceKey, Workload};
+use crate::resource::{Application, Kind, ProfileNames, Resource, ResourceKey, Workload};
 
 /// An application's identity: namespace (model) and name.
 pub type AppKey = (String, String);
@@ -15,6 +15,32 @@ pub struct Desired {
     apps: HashMap<AppKey, Arc<Application>>,
     workloads: BTreeMap<ResourceKey, Arc<Workload>>,
     by_app: HashMap<AppKey, BTreeSet<ResourceKey>>,
+    by_instance: HashMap<String, BTreeSet<ResourceKey>>,
+    by_extra_profile: HashMap<String, BTreeSet<ResourceKey>>,
+}
+
+/// The names a workload is indexed under.
+fn index_entries(key: &ResourceKey, w: &Workload) -> (Vec<AppKey>, Option<String>, Vec<String>) {
+    let apps = w
+        .spec
+        .applications
+        .iter()
+        .map(|a| (key.namespace.clone(), a.clone()))
+        .collect();
+    (apps, w.spec.instance.clone(), w.spec.extra_profiles.clone())
+}
+
+fn index_remove<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, BTreeSet<ResourceKey>>,
+    k: K,
+    key: &ResourceKey,
+) {
+    if let Some(set) = map.get_mut(&k) {
+        set.remove(key);
+        if set.is_empty() {
+            map.remove(&k);
+        }
+    }
 }
 
 impl Desired {
@@ -44,9 +70,16 @@ impl Desired {
                     return vec![];
                 }
                 self.unindex(&key);
-                for app in &w.spec.applications {
-                    self.by_app
-                        .entry((key.namespace.clone(), app.clone()))
+                let (apps, instance, extras) = index_entries(&key, &w);
+                for app in apps {
+                    self.by_app.entry(app).or_default().insert(key.clone());
+                }
+                if let Some(i) = instance {
+                    self.by_instance.entry(i).or_default().insert(key.clone());
+                }
+                for p in extras {
+                    self.by_extra_profile
+                        .entry(p)
                         .or_default()
                         .insert(key.clone());
                 }
@@ -79,17 +112,54 @@ impl Desired {
     }
 
     fn unindex(&mut self, key: &ResourceKey) {
-        if let Some(old) = self.workloads.get(key) {
-            for app in &old.spec.applications {
-                let app_key = (key.namespace.clone(), app.clone());
-                if let Some(set) = self.by_app.get_mut(&app_key) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.by_app.remove(&app_key);
-                    }
-                }
+        let Some(old) = self.workloads.get(key) else {
+            return;
+        };
+        let (apps, instance, extras) = index_entries(key, old);
+        for app in apps {
+            index_remove(&mut self.by_app, app, key);
+        }
+        if let Some(i) = instance {
+            index_remove(&mut self.by_instance, i, key);
+        }
+        for p in extras {
+            index_remove(&mut self.by_extra_profile, p, key);
+        }
+    }
+
+    /// The Machines and Containers whose instance is `instance`.
+    pub fn keys_for_instance(&self, instance: &str) -> Vec<ResourceKey> {
+        self.by_instance
+            .get(instance)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The Machines and Containers that expect a profile named `profile`: as a charm
+    /// profile of one of their applications, as their model profile, as an extra profile,
+    /// or (`default`) all of them.
+    pub fn keys_for_profile(&self, profile: &str, names: &ProfileNames) -> Vec<ResourceKey> {
+        if profile == "default" {
+            return self.workloads.keys().cloned().collect();
+        }
+        let mut out: BTreeSet<ResourceKey> = self
+            .by_extra_profile
+            .get(profile)
+            .cloned()
+            .unwrap_or_default();
+        let namespaces: BTreeSet<&String> = self.by_app.keys().map(|(ns, _)| ns).collect();
+        for ns in namespaces {
+            if let Some((app, _)) = names.parse_charm_profile(profile, ns) {
+                out.extend(self.users_of(&(ns.clone(), app)));
             }
         }
+        out.extend(
+            self.workloads
+                .keys()
+                .filter(|k| k.kind == Kind::Machine && names.model_profile(&k.namespace) == profile)
+                .cloned(),
+        );
+        out.into_iter().collect()
     }
 
     fn users_of(&self, app: &AppKey) -> Vec<ResourceKey> {
@@ -176,6 +246,31 @@ mod tests {
             .map(|k| k.name.clone())
             .collect();
         assert_eq!(keys, vec!["0"]);
+    }
+
+    #[test]
+    fn instance_and_profile_events_find_the_resources_they_affect() {
+        let mut d = Desired::default();
+        d.upsert(machine("0", "a"));
+        d.upsert(machine("1", "b"));
+        let names = ProfileNames::default();
+        let of = |keys: Vec<ResourceKey>| keys.into_iter().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!(of(d.keys_for_instance("i1")), vec!["1"]);
+        assert_eq!(
+            of(d.keys_for_profile("juju-default-b-7", &names)),
+            vec!["1"]
+        );
+        assert_eq!(
+            of(d.keys_for_profile("juju-default", &names)),
+            vec!["0", "1"]
+        );
+        assert_eq!(of(d.keys_for_profile("default", &names)), vec!["0", "1"]);
+        assert!(d.keys_for_profile("juju-default-nob-7", &names).is_empty());
+        d.upsert(machine("1", "a"));
+        assert!(
+            d.keys_for_profile("juju-default-b-7", &names).is_empty(),
+            "index follows edits"
+        );
     }
 
     #[test]

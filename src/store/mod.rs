@@ -8,4 +8,4 @@ pub mod desired;
 pub mod observed;
 
 pub use desired::Desired;
-pub use observed::{OWNER_KEY, OWNER_VALUE, Observed, ObservedProfile};
+pub use observed::{OWNER_KEY, OWNER_VALUE, Object, Observed, ObservedProfile};

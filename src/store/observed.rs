@@ -1,6 +1,7 @@
 //! The observed LXD state: instance profile lists and profiles, as last listed or written.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::lxd::{Instance, Profile, ProfileContent};
 
@@ -34,12 +35,26 @@ impl ObservedProfile {
     }
 }
 
+/// An LXD object an event can be about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Object {
+    Instance(String),
+    Profile(String),
+}
+
+/// How long an expected echo of our own write is waited for. LXD sends the event while
+/// the request runs; an echo that never came must not swallow a later, real change.
+const ECHO_TTL: Duration = Duration::from_secs(5);
+
 /// What LXD holds, as far as the controller knows.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     instances: HashMap<String, Vec<String>>,
     profiles: HashMap<String, ObservedProfile>,
     listed: bool,
+    /// Events our own writes will cause: they need no read-back (the write already
+    /// updated this cache).
+    echoes: HashMap<Object, Vec<Instant>>,
 }
 
 impl Observed {
@@ -54,6 +69,41 @@ impl Observed {
             .map(ObservedProfile::from_lxd)
             .collect();
         self.listed = true;
+    }
+
+    /// A write that LXD will announce with one lifecycle event is about to be sent.
+    pub fn expect_echo(&mut self, object: Object) {
+        self.echoes.entry(object).or_default().push(Instant::now());
+    }
+
+    /// The write failed and LXD will announce nothing.
+    pub fn cancel_echo(&mut self, object: &Object) {
+        if let Some(v) = self.echoes.get_mut(object) {
+            v.pop();
+        }
+    }
+
+    /// An event about `object` arrived: whether it is the echo of our own write (and is
+    /// consumed).
+    pub fn take_echo(&mut self, object: &Object) -> bool {
+        let Some(v) = self.echoes.get_mut(object) else {
+            return false;
+        };
+        let now = Instant::now();
+        v.retain(|at| now.duration_since(*at) < ECHO_TTL);
+        let found = !v.is_empty();
+        if found {
+            v.remove(0);
+        }
+        if v.is_empty() {
+            self.echoes.remove(object);
+        }
+        found
+    }
+
+    /// Events may have been lost (a reconnect): expected echoes mean nothing any more.
+    pub fn forget_echoes(&mut self) {
+        self.echoes.clear();
     }
 
     /// Whether a full listing has been loaded (no deletion before it).
@@ -154,6 +204,18 @@ mod tests {
                 .map(|i| format!("/1.0/instances/{i}?project=p"))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn an_echo_is_taken_once_and_a_cancelled_one_not_at_all() {
+        let mut o = Observed::default();
+        let i = Object::Instance("i".into());
+        o.expect_echo(i.clone());
+        o.expect_echo(i.clone());
+        o.cancel_echo(&i);
+        assert!(o.take_echo(&i));
+        assert!(!o.take_echo(&i), "the next event is a real change");
+        assert!(!o.take_echo(&Object::Profile("i".into())));
     }
 
     #[test]
