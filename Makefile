@@ -2,14 +2,18 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lxd build check-tools
+.PHONY: run test lxd test-deps build check-tools
 
 ## Bring up a local LXD (installs Debian's lxd as root when none answers).
 lxd:
 	bash scripts/lxd-up.sh
 
+## Prometheus and promtool for the observability tests.
+test-deps:
+	bash scripts/test-deps.sh
+
 ## Every test: formatting, lints, unit and real-LXD integration tests.
-test: lxd check-tools
+test: lxd test-deps check-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets

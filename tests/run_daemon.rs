@@ -4,39 +4,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{TestProject, wait_until};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Daemon, TestProject, wait_until};
 
 fn start(project: &TestProject, resources: &std::path::Path, state: &std::path::Path) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
-        .args(["run", "--resources"])
-        .arg(resources)
-        .args(["--state-dir"])
-        .arg(state)
-        .args([
-            "--lxd-project",
-            project.name(),
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Daemon(child)
+    Daemon::start(project, resources, state, &[])
 }
 
 fn app(rev: u64) -> String {
@@ -80,7 +54,7 @@ fn an_edit_is_followed_and_sigterm_exits_zero() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(profiles("i0"), ["default", "juju-m", "juju-m-one-2"]);
     // SIGTERM: drain and exit 0.
-    let pid = d.0.id().to_string();
+    let pid = d.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -90,7 +64,7 @@ fn an_edit_is_followed_and_sigterm_exits_zero() {
     );
     let start = Instant::now();
     loop {
-        if let Some(status) = d.0.try_wait().unwrap() {
+        if let Some(status) = d.child.try_wait().unwrap() {
             assert_eq!(status.code(), Some(0));
             break;
         }

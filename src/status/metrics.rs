@@ -71,6 +71,22 @@ pub enum ErrorKind {
     reconcile_timeout,
 }
 
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::not_found,
+        ErrorKind::conflict,
+        ErrorKind::in_use,
+        ErrorKind::rejected,
+        ErrorKind::unreachable,
+        ErrorKind::timeout,
+        ErrorKind::protocol,
+        ErrorKind::config,
+        ErrorKind::missing_instance,
+        ErrorKind::invalid,
+        ErrorKind::reconcile_timeout,
+    ];
+}
+
 impl From<ErrorCategory> for ErrorKind {
     fn from(c: ErrorCategory) -> Self {
         match c {
@@ -258,6 +274,12 @@ impl Metrics {
             let _ = m
                 .reconcile_duration
                 .get_or_create(&ControllerLabel { controller });
+            for category in ErrorKind::ALL {
+                let _ = m.errors.get_or_create(&ErrorLabels {
+                    controller,
+                    category,
+                });
+            }
         }
         Arc::new(m)
     }

@@ -434,3 +434,80 @@ impl Drop for TrustedClientCert {
         }
     }
 }
+
+/// A port nobody listens on now (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// `lxd-mutater run` as a daemon on a project, with its HTTP port; killed on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Daemon {
+    /// Starts the built binary; `extra` are more flags (`--resync 1h`, ...).
+    pub fn start(project: &TestProject, resources: &Path, state: &Path, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+            .args(["run", "--resources"])
+            .arg(resources)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--lxd-project", project.name(), "--workers", "2"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start lxd-mutater: {e}"));
+        Daemon { child, port }
+    }
+
+    /// An HTTP GET on the daemon: status code and body (0 when nothing answers).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("http://127.0.0.1:{}{path}", self.port))
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body
+    }
+
+    /// The value of one series (`name{labels}` exactly as exposed), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `series` in a Prometheus text exposition, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A GET with curl: status code (0 when nothing answers) and body.
+pub fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# What the tests need besides LXD: a real Prometheus server and promtool (Debian's
+# prometheus package), curl and python3. Idempotent; installs only what is missing.
+set -euo pipefail
+
+missing=()
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "test-deps: missing ${missing[*]}: install them, or run as root" >&2; exit 1; }
+  echo "test-deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  # The package must not start its own Prometheus service: tests start their own.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
