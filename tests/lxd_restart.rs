@@ -39,15 +39,22 @@ fn lxd_restart_reconnects_relists_and_corrects_drift_made_meanwhile() {
     wait_until("converged", Duration::from_secs(30), || {
         lxd.instance_profiles("i0") == expected
     });
-    wait_until("ready", Duration::from_secs(10), || daemon.get("/readyz").0 == 200);
+    wait_until("ready", Duration::from_secs(10), || {
+        daemon.get("/readyz").0 == 200
+    });
 
     // Kill the daemon (as a crash would), see the controller not ready.
-    let killed = Command::new("pkill").args(["-9", "-x", "lxd"]).status().unwrap();
+    let killed = Command::new("pkill")
+        .args(["-9", "-x", "lxd"])
+        .status()
+        .unwrap();
     assert!(killed.success(), "no lxd process to kill");
     wait_until("LXD down", Duration::from_secs(10), || !lxd_answers());
-    wait_until("not ready while LXD is down", Duration::from_secs(10), || {
-        daemon.get("/readyz").0 == 503
-    });
+    wait_until(
+        "not ready while LXD is down",
+        Duration::from_secs(10),
+        || daemon.get("/readyz").0 == 503,
+    );
     assert_eq!(daemon.get("/healthz").0, 200, "alive all the same");
 
     // Bring LXD back and drift at once, before the controller's events reconnect
@@ -58,9 +65,11 @@ fn lxd_restart_reconnects_relists_and_corrects_drift_made_meanwhile() {
         .unwrap();
     assert!(up.success(), "scripts/lxd-up.sh failed");
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    wait_until("the drift made meanwhile corrected", Duration::from_secs(60), || {
-        lxd.instance_profiles("i0") == expected
-    });
+    wait_until(
+        "the drift made meanwhile corrected",
+        Duration::from_secs(60),
+        || lxd.instance_profiles("i0") == expected,
+    );
     wait_until("ready again", Duration::from_secs(30), || {
         daemon.get("/readyz").0 == 200
     });
