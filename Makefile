@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lxd test-deps build check-tools
+.PHONY: run test bench lxd test-deps build check-tools
 
 ## Bring up a local LXD (installs Debian's lxd as root when none answers).
 lxd:
@@ -17,6 +17,12 @@ test: lxd test-deps check-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
+
+## Benchmarks (not part of make test): make bench, or make bench ARGS="--quick",
+## ARGS="--instances 500". Prints a Markdown table, writes target/bench/results.json.
+bench: lxd check-tools
+	$(CARGO) build --release
+	python3 bench/bench.py $(ARGS)
 
 build:
 	$(CARGO) build

@@ -1,0 +1,581 @@
+#!/usr/bin/env python3
+"""make bench: converge time, requests and cost of lxd-mutater against the LXD floor and
+against the tools operators use today, measured side by side in one run on one LXD.
+
+Every figure that compares is a ratio measured in the same run (absolute times on a shared
+2-core machine are noise). Prints one Markdown table and writes the same figures as JSON.
+
+    python3 bench/bench.py [--instances N] [--quick] [--json FILE]
+
+It works in its own LXD project (removed at the end, also on failure) and needs the
+release binary (make bench builds it).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "lxd-mutater")
+MODEL = "bench"
+OWNER = {"user.lxd-mutater.owner": "lxd-mutater"}
+APP_CONTENT = {
+    "a": {"config": {"security.nesting": "true"}, "devices": {}},
+    "b": {"config": {"linux.kernel_modules": "overlay"},
+          "devices": {"tun": {"type": "unix-char", "path": "/dev/net/tun"}}},
+}
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def lxd_socket():
+    if os.environ.get("LXD_SOCKET"):
+        return os.environ["LXD_SOCKET"]
+    if os.environ.get("LXD_DIR"):
+        return os.path.join(os.environ["LXD_DIR"], "unix.socket")
+    snap = "/var/snap/lxd/common/lxd/unix.socket"
+    return snap if os.path.exists(snap) else "/var/lib/lxd/unix.socket"
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("lxd", timeout=120)
+        self.path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(120)
+        s.connect(self.path)
+        self.sock = s
+
+
+class Lxd:
+    """The simplest client: one keep-alive connection, sequential requests."""
+
+    def __init__(self, project):
+        self.project = project
+        self.conn = UnixConnection(lxd_socket())
+
+    def req(self, method, path, body=None, headers=None):
+        sep = "&" if "?" in path else "?"
+        h = {"Content-Type": "application/json"} if body is not None else {}
+        h.update(headers or {})
+        data = json.dumps(body) if body is not None else None
+        self.conn.request(method, f"{path}{sep}project={self.project}", data, h)
+        r = self.conn.getresponse()
+        raw = r.read()
+        doc = json.loads(raw) if raw else {}
+        return r.status, r.getheader("ETag"), doc
+
+    def ok(self, method, path, body=None, headers=None):
+        status, etag, doc = self.req(method, path, body, headers)
+        if doc.get("type") == "error" or status >= 400:
+            raise RuntimeError(f"{method} {path}: {status} {doc.get('error')}")
+        if doc.get("type") == "async":
+            self.wait(doc["operation"])
+        return etag, doc
+
+    def wait(self, op):
+        status, _, doc = self.req("GET", f"{op}/wait?timeout=60")
+        meta = doc.get("metadata") or {}
+        if meta.get("status_code") not in (200, None):
+            raise RuntimeError(f"operation {op}: {meta.get('err')}")
+
+    def profiles_of_all(self):
+        _, doc = self.ok("GET", "/1.0/instances?recursion=1")
+        return {i["name"]: i["profiles"] for i in doc["metadata"]}
+
+
+def lxc(*args, check=True):
+    r = subprocess.run(["lxc", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"lxc {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+# ----------------------------------------------------------------------------------------
+# The project and its instances
+
+
+class Project:
+    def __init__(self, n):
+        self.name = f"bench-{os.getpid()}"
+        self.n = n
+        self.instances = [f"i{k}" for k in range(n)]
+
+    def __enter__(self):
+        lxc("project", "create", self.name, "-c", "features.profiles=true", "-c", "features.images=false")
+        lxc("profile", "device", "add", "default", "root", "disk", "path=/", "pool=default", "--project", self.name)
+        lxd = Lxd(self.name)
+        for name in self.instances:
+            lxd.ok("POST", "/1.0/instances", {"name": name, "source": {"type": "none"}})
+        return self
+
+    def __exit__(self, *exc):
+        lxd = Lxd(self.name)
+        try:
+            for name in lxd.profiles_of_all():
+                lxd.req("PATCH", f"/1.0/instances/{name}", {"profiles": ["default"]})
+                lxd.ok("DELETE", f"/1.0/instances/{name}")
+            _, doc = lxd.ok("GET", "/1.0/profiles")
+            for url in doc["metadata"]:
+                name = url.rsplit("/", 1)[-1].split("?")[0]
+                if name != "default":
+                    lxd.req("DELETE", f"/1.0/profiles/{name}")
+        finally:
+            lxc("profile", "device", "remove", "default", "root", "--project", self.name, check=False)
+            lxc("project", "delete", self.name, check=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Resources and the controller
+
+
+def resources_yaml(n, rev_a, rev_b=1, apps_of=None):
+    docs = []
+    for app, rev in (("a", rev_a), ("b", rev_b)):
+        c = APP_CONTENT[app]
+        docs.append(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\n"
+            f"metadata: {{name: {app}, namespace: {MODEL}}}\n"
+            f"spec: {{revision: {rev}, lxdProfile: {json.dumps(c)}}}\n"
+        )
+    for k in range(n):
+        apps = (apps_of or {}).get(k, ["a", "b"])
+        docs.append(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\n"
+            f"metadata: {{name: 'm{k}', namespace: {MODEL}}}\n"
+            f"spec: {{instance: i{k}, applications: [{', '.join(apps)}]}}\n"
+        )
+    return "---\n".join(docs)
+
+
+def expected(rev_a, rev_b=1, apps=("a", "b")):
+    revs = {"a": rev_a, "b": rev_b}
+    return ["default", f"juju-{MODEL}"] + [f"juju-{MODEL}-{a}-{revs[a]}" for a in apps]
+
+
+def write_atomic(path, text):
+    tmp = os.path.join(os.path.dirname(path), ".tmp-resources")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Controller:
+    def __init__(self, project, resources_dir, workers, resync="1h"):
+        self.port = free_port()
+        self.state = tempfile.mkdtemp(prefix="lxdm-bench-state-")
+        self.proc = subprocess.Popen(
+            [BIN, "run", "--resources", resources_dir, "--state-dir", self.state,
+             "--lxd-project", project, "--listen", f"127.0.0.1:{self.port}",
+             "--workers", str(workers), "--resync", resync, "--log-level", "warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.started = time.monotonic()
+
+    def metrics(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            series, _, value = line.rpartition(" ")
+            try:
+                out[series] = float(value)
+            except ValueError:
+                pass
+        return out
+
+    def wait(self, what, predicate, timeout=600, every=0.005):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                m = self.metrics()
+                if predicate(m):
+                    return m
+            except OSError:
+                pass
+            time.sleep(every)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def requests(m, method=None, code=None):
+    total = 0.0
+    for series, v in m.items():
+        if not series.startswith("lxd_mutater_lxd_requests_total{"):
+            continue
+        if method and f'method="{method}"' not in series:
+            continue
+        if code and f'code="{code}"' not in series:
+            continue
+        total += v
+    return total
+
+
+def metric(m, series):
+    return m.get(series, 0.0)
+
+
+def settled(ctl, n):
+    """Ready, and one pass over every resource done."""
+    ctl.wait("a first pass", lambda m: metric(m, 'lxd_mutater_reconcile_total{controller="machine",result="success"}') >= n
+             and metric(m, 'workqueue_depth{name="lxd_mutater"}') == 0, timeout=300, every=0.05)
+
+
+# ----------------------------------------------------------------------------------------
+# Baselines: the same upgrade (new profile, one list write per instance, old profile
+# deleted), done by other clients on the same instances.
+
+
+def new_list(old, rev):
+    return [p if not p.startswith(f"juju-{MODEL}-a-") else f"juju-{MODEL}-a-{rev}" for p in old]
+
+
+def profile_body(name):
+    c = APP_CONTENT["a"]
+    return {"name": name, "description": "", "config": {**c["config"], **OWNER}, "devices": c["devices"]}
+
+
+def floor(project, names, old_rev, rev, connections=1):
+    lxd = Lxd(project)
+    current = lxd.profiles_of_all()
+    new_name = f"juju-{MODEL}-a-{rev}"
+    t = time.monotonic()
+    lxd.ok("POST", "/1.0/profiles", profile_body(new_name))
+
+    def patch(chunk):
+        c = Lxd(project)
+        for name in chunk:
+            c.ok("PATCH", f"/1.0/instances/{name}", {"profiles": new_list(current[name], rev)})
+
+    chunks = [names[k::connections] for k in range(connections)]
+    threads = [threading.Thread(target=patch, args=(c,)) for c in chunks]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    lxd.ok("DELETE", f"/1.0/profiles/juju-{MODEL}-a-{old_rev}")
+    return time.monotonic() - t, len(names) + 2
+
+
+def juju_way(project, names, old_rev, rev):
+    """Juju's instancemutater: GET the instance, PUT it whole with If-Match, wait."""
+    lxd = Lxd(project)
+    new_name = f"juju-{MODEL}-a-{rev}"
+    t = time.monotonic()
+    lxd.ok("POST", "/1.0/profiles", profile_body(new_name))
+    n = 1
+    for name in names:
+        etag, doc = lxd.ok("GET", f"/1.0/instances/{name}")
+        inst = doc["metadata"]
+        inst["profiles"] = new_list(inst["profiles"], rev)
+        body = {k: inst[k] for k in ("architecture", "config", "devices", "ephemeral", "profiles", "description")}
+        lxd.ok("PUT", f"/1.0/instances/{name}", body, {"If-Match": etag} if etag else None)
+        n += 3
+    lxd.ok("DELETE", f"/1.0/profiles/juju-{MODEL}-a-{old_rev}")
+    return time.monotonic() - t, n + 1
+
+
+def lxc_loop(project, names, old_rev, rev):
+    lxd = Lxd(project)
+    current = lxd.profiles_of_all()
+    new_name = f"juju-{MODEL}-a-{rev}"
+    t = time.monotonic()
+    lxc("profile", "create", new_name, "--project", project)
+    for k, v in {**APP_CONTENT["a"]["config"], **OWNER}.items():
+        lxc("profile", "set", new_name, k, v, "--project", project)
+    for name in names:
+        lxc("profile", "assign", name, ",".join(new_list(current[name], rev)), "--project", project)
+    lxc("profile", "delete", f"juju-{MODEL}-a-{old_rev}", "--project", project)
+    return time.monotonic() - t, None
+
+
+PYLXD_SCRIPT = r"""
+import sys, time, pylxd
+project, old, new, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+config = dict(kv.split("=", 1) for kv in sys.argv[5].split(";"))
+client = pylxd.Client(project=project)
+t = time.monotonic()
+client.profiles.create(new, config=config, devices={})
+for name in names:
+    inst = client.instances.get(name)
+    inst.profiles = [new if p == old else p for p in inst.profiles]
+    inst.save(wait=True)
+client.profiles.get(old).delete()
+print(time.monotonic() - t)
+"""
+
+
+def pylxd_available():
+    r = subprocess.run([sys.executable, "-c", "import pylxd"], capture_output=True)
+    if r.returncode == 0:
+        return True
+    log("installing pylxd from PyPI")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pylxd"], capture_output=True, text=True)
+    if r.returncode != 0:
+        log("pylxd cannot be installed:", r.stderr.strip()[-300:])
+        return False
+    return subprocess.run([sys.executable, "-c", "import pylxd"], capture_output=True).returncode == 0
+
+
+def pylxd_way(project, names, old_rev, rev):
+    config = ";".join(f"{k}={v}" for k, v in {**APP_CONTENT["a"]["config"], **OWNER}.items())
+    r = subprocess.run([sys.executable, "-c", PYLXD_SCRIPT, project, f"juju-{MODEL}-a-{old_rev}",
+                        f"juju-{MODEL}-a-{rev}", ",".join(names), config], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"pylxd: {r.stderr.strip()[-500:]}")
+    return float(r.stdout.strip().splitlines()[-1]), None
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 20 instances, few samples")
+    ap.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "results.json"))
+    ap.add_argument("--workers", default="1,2,4", help="the --workers values tried for the upgrade")
+    args = ap.parse_args()
+    n = 20 if args.quick else args.instances
+    samples = 10 if args.quick else 50
+    steady_window = 12 if args.quick else 60
+    if not os.path.exists(BIN):
+        sys.exit(f"{BIN} is missing: run `cargo build --release` (make bench does)")
+    results = {"instances": n, "rows": [], "controller": {}}
+    rows = results["rows"]
+    res_dir = tempfile.mkdtemp(prefix="lxdm-bench-res-")
+    res_file = os.path.join(res_dir, "resources.yaml")
+    with Project(n) as project:
+        names = project.instances
+        log(f"project {project.name}, {n} empty instances")
+
+        # 1. Initial converge.
+        write_atomic(res_file, resources_yaml(n, 1))
+        ctl = Controller(project.name, res_dir, workers=2)
+        m = ctl.wait("initial converge", lambda m: requests(m, "PATCH", "200") >= n, timeout=600, every=0.01)
+        t_initial = time.monotonic() - ctl.started
+        req_initial = requests(m)
+        lists = Lxd(project.name).profiles_of_all()
+        assert all(lists[i] == expected(1) for i in names), "initial converge incomplete"
+        results["controller"]["initial_converge_s"] = t_initial
+        results["controller"]["initial_requests"] = req_initial
+        log(f"initial converge: {t_initial:.2f} s, {req_initial:.0f} requests")
+
+        # 2. Upgrade, for each --workers value.
+        rev = 1
+        best = None
+        for w in [int(x) for x in args.workers.split(",")]:
+            ctl.stop()
+            ctl = Controller(project.name, res_dir, workers=w)
+            settled(ctl, n)
+            before = ctl.metrics()
+            t0 = time.monotonic()
+            write_atomic(res_file, resources_yaml(n, rev + 1))
+            m = ctl.wait("upgrade", lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n
+                         and requests(m, "DELETE", "200") - requests(before, "DELETE", "200") >= 1)
+            took = time.monotonic() - t0
+            sent = requests(m) - requests(before)
+            rev += 1
+            lists = Lxd(project.name).profiles_of_all()
+            assert all(lists[i] == expected(rev) for i in names), "upgrade incomplete"
+            results["controller"][f"upgrade_workers_{w}_s"] = took
+            results["controller"][f"upgrade_workers_{w}_requests"] = sent
+            log(f"upgrade with --workers {w}: {took:.2f} s, {sent:.0f} requests")
+            if best is None or took < best[1]:
+                best = (w, took, sent)
+        ctl.stop()
+
+        # Baselines: the same upgrade by other clients, controller stopped.
+        def baseline(label, fn, **kw):
+            nonlocal rev
+            took, sent = fn(project.name, names, rev, rev + 1, **kw)
+            rev += 1
+            lists = Lxd(project.name).profiles_of_all()
+            assert all(lists[i] == expected(rev) for i in names), f"{label} incomplete"
+            log(f"{label}: {took:.2f} s")
+            return took, sent
+
+        floor_s, floor_req = baseline("floor, 1 connection", floor)
+        floor2_s, _ = baseline("floor, 2 connections", floor, connections=2)
+        juju_s, juju_req = baseline("Juju's way", juju_way)
+        lxc_s, _ = baseline("lxc loop", lxc_loop)
+        pylxd_s = None
+        pylxd_note = ""
+        if pylxd_available():
+            try:
+                pylxd_s, _ = baseline("pylxd", pylxd_way)
+            except RuntimeError as e:
+                pylxd_note = str(e)[:200]
+        else:
+            pylxd_note = "pylxd could not be installed here"
+        rows.append({"what": "floor: minimal requests, 1 connection (python http.client)", "seconds": floor_s, "requests": floor_req})
+        rows.append({"what": "floor: same, 2 connections", "seconds": floor2_s, "requests": floor_req})
+        w, took, sent = best
+        rows.append({"what": f"lxd-mutater upgrade (best --workers {w})", "seconds": took, "requests": sent})
+        for wk in [int(x) for x in args.workers.split(",")]:
+            rows.append({"what": f"lxd-mutater upgrade, --workers {wk}",
+                         "seconds": results["controller"][f"upgrade_workers_{wk}_s"],
+                         "requests": results["controller"][f"upgrade_workers_{wk}_requests"]})
+        rows.append({"what": "Juju's way: GET + PUT If-Match + wait, per instance", "seconds": juju_s, "requests": juju_req})
+        rows.append({"what": "pylxd script (instance.save(wait=True))", "seconds": pylxd_s, "requests": None, "note": pylxd_note})
+        rows.append({"what": "shell loop of lxc profile assign", "seconds": lxc_s, "requests": None})
+        rows.append({"what": "Ansible community.general.lxd_container", "seconds": None, "requests": None,
+                     "note": "not run: lxd_container applies a profile change only by (re)starting the instance, and these empty instances cannot start"})
+
+        # The resources follow the baselines' last revision; the controller takes over.
+        write_atomic(res_file, resources_yaml(n, rev))
+        ctl = Controller(project.name, res_dir, workers=w)
+        settled(ctl, n)
+
+        # 3. Manual drift on 10% of the instances.
+        k = max(1, n // 10)
+        before = ctl.metrics()
+        corrected_key = 'lxd_mutater_drift_corrected_total{controller="machine",kind="profiles"}'
+        hand = Lxd(project.name)
+        t0 = time.monotonic()
+        for name in names[:k]:
+            hand.ok("PATCH", f"/1.0/instances/{name}", {"profiles": ["default"]})
+        ctl.wait("manual drift corrected", lambda m: metric(m, corrected_key) - metric(before, corrected_key) >= k)
+        drift_s = time.monotonic() - t0
+        results["controller"]["manual_drift_10pct_s"] = drift_s
+        log(f"manual drift on {k}: corrected {drift_s:.2f} s after the first hand change")
+
+        # 5. Latency: YAML edit to applied, manual drift to corrected.
+        edit_lat = []
+        for s in range(samples):
+            before = ctl.metrics()
+            apps = {0: ["a"]} if s % 2 == 0 else {}
+            t0 = time.monotonic()
+            write_atomic(res_file, resources_yaml(n, rev, apps_of=apps))
+            ctl.wait("edit applied", lambda m: requests(m, "PATCH", "200") > requests(before, "PATCH", "200"), every=0.002)
+            edit_lat.append(time.monotonic() - t0)
+        drift_lat = []
+        for s in range(samples):
+            before = ctl.metrics()
+            t0 = time.monotonic()
+            hand.ok("PATCH", f"/1.0/instances/{names[-1]}", {"profiles": ["default"]})
+            ctl.wait("drift corrected", lambda m: metric(m, corrected_key) > metric(before, corrected_key), every=0.002)
+            drift_lat.append(time.monotonic() - t0)
+        results["controller"]["edit_to_applied_median_s"] = statistics.median(edit_lat)
+        results["controller"]["edit_to_applied_p95_s"] = pct(edit_lat, 0.95)
+        results["controller"]["drift_to_corrected_median_s"] = statistics.median(drift_lat)
+        results["controller"]["drift_to_corrected_p95_s"] = pct(drift_lat, 0.95)
+        ctl.stop()
+
+        # 4. Steady state: resync every 10 s, everything in sync.
+        ctl = Controller(project.name, res_dir, workers=w, resync="10s")
+        settled(ctl, n)
+        m0, cpu0, t0 = ctl.metrics(), ctl.cpu_seconds(), time.monotonic()
+        time.sleep(steady_window)  # a measurement window, not a wait for a condition
+        m1, cpu1 = ctl.metrics(), ctl.cpu_seconds()
+        passes = (metric(m1, 'lxd_mutater_reconcile_total{controller="machine",result="success"}')
+                  - metric(m0, 'lxd_mutater_reconcile_total{controller="machine",result="success"}')) / n
+        writes = sum(requests(m1, meth) - requests(m0, meth) for meth in ("POST", "PUT", "PATCH", "DELETE"))
+        reads = requests(m1, "GET") - requests(m0, "GET")
+        results["controller"].update({
+            "steady_window_s": time.monotonic() - t0,
+            "steady_resyncs": passes,
+            "steady_requests_per_resync": (reads + writes) / passes if passes else None,
+            "steady_writes": writes,
+            "steady_cpu_ms_per_resync": 1000 * (cpu1 - cpu0) / passes if passes else None,
+            "steady_rss_mib": ctl.rss_bytes() / 2**20,
+        })
+        ctl.stop()
+    shutil.rmtree(res_dir, ignore_errors=True)
+
+    # The pure parts at N, 10N and 100N, without a daemon.
+    scale = subprocess.run(["cargo", "bench", "-q", "--bench", "scale"], cwd=ROOT,
+                           env={**os.environ, "SCALE_N": f"{n},{10 * n},{100 * n}"},
+                           capture_output=True, text=True)
+    results["scale"] = [json.loads(l) for l in scale.stdout.splitlines() if l.startswith("{")]
+
+    report(results, floor_s)
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    log("figures written to", args.json)
+
+
+def report(results, floor_s):
+    n = results["instances"]
+    c = results["controller"]
+    print(f"\n### Upgrade of one application on {n} instances (create, {n} list writes, delete)\n")
+    print("| client | time | vs floor | LXD requests |")
+    print("|---|---|---|---|")
+    for r in results["rows"]:
+        if r["seconds"] is None:
+            print(f"| {r['what']} | — | — | {r.get('note', '')} |")
+            continue
+        req = "" if r["requests"] is None else f"{r['requests']:.0f}"
+        print(f"| {r['what']} | {r['seconds']:.2f} s | {r['seconds'] / floor_s:.2f}x | {req} |")
+    print(f"\n### lxd-mutater, {n} instances\n")
+    print("| scenario | figure |")
+    print("|---|---|")
+    print(f"| initial converge (start to last instance applied; 2 applications each) | {c['initial_converge_s']:.2f} s, {c['initial_requests']:.0f} requests (minimum {n + 3} writes + 2 listings) |")
+    print(f"| manual drift on 10% ({max(1, n // 10)} instances) to all corrected | {c['manual_drift_10pct_s']:.2f} s |")
+    print(f"| YAML edit to applied | median {1000 * c['edit_to_applied_median_s']:.0f} ms, p95 {1000 * c['edit_to_applied_p95_s']:.0f} ms |")
+    print(f"| manual drift to corrected (events) | median {1000 * c['drift_to_corrected_median_s']:.0f} ms, p95 {1000 * c['drift_to_corrected_p95_s']:.0f} ms |")
+    rpr = c.get("steady_requests_per_resync")
+    cpu = c.get("steady_cpu_ms_per_resync")
+    print(f"| steady state, resync every 10 s ({c['steady_resyncs']:.1f} resyncs) | {rpr:.1f} requests per resync, {c['steady_writes']:.0f} writes, {cpu:.1f} ms CPU per resync, RSS {c['steady_rss_mib']:.1f} MiB |")
+    if results.get("scale"):
+        print("\n### Pure parts without a daemon (plan, index, memory per resource)\n")
+        print("| resources | plan per resource | index per resource | memory per resource |")
+        print("|---|---|---|---|")
+        for s in results["scale"]:
+            print(f"| {s.get('n')} | {s.get('plan_ns_per_resource', 0):.0f} ns | {s.get('index_ns_per_resource', 0):.0f} ns | {s.get('bytes_per_resource', 0):.0f} B |")
+
+
+if __name__ == "__main__":
+    main()
