@@ -17,6 +17,8 @@ pub struct Desired {
     by_app: HashMap<AppKey, BTreeSet<ResourceKey>>,
     by_instance: HashMap<String, BTreeSet<ResourceKey>>,
     by_extra_profile: HashMap<String, BTreeSet<ResourceKey>>,
+    /// How many Machines and Containers each namespace (model) holds.
+    namespaces: BTreeMap<String, usize>,
 }
 
 /// The names a workload is indexed under.
@@ -83,6 +85,7 @@ impl Desired {
                         .or_default()
                         .insert(key.clone());
                 }
+                *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
                 self.workloads.insert(key.clone(), Arc::new(w));
                 vec![key]
             }
@@ -125,6 +128,12 @@ impl Desired {
         for p in extras {
             index_remove(&mut self.by_extra_profile, p, key);
         }
+        if let Some(n) = self.namespaces.get_mut(&key.namespace) {
+            *n -= 1;
+            if *n == 0 {
+                self.namespaces.remove(&key.namespace);
+            }
+        }
     }
 
     /// The Machines and Containers whose instance is `instance`.
@@ -147,18 +156,22 @@ impl Desired {
             .get(profile)
             .cloned()
             .unwrap_or_default();
-        let namespaces: BTreeSet<&String> = self.by_app.keys().map(|(ns, _)| ns).collect();
-        for ns in namespaces {
+        // Work per namespace (model), not per resource.
+        for ns in self.namespaces.keys() {
             if let Some((app, _)) = names.parse_charm_profile(profile, ns) {
                 out.extend(self.users_of(&(ns.clone(), app)));
             }
+            if names.model_profile(ns) == profile {
+                let first = ResourceKey::new(Kind::Machine, ns.as_str(), "");
+                out.extend(
+                    self.workloads
+                        .range(first..)
+                        .map(|(k, _)| k)
+                        .take_while(|k| k.kind == Kind::Machine && &k.namespace == ns)
+                        .cloned(),
+                );
+            }
         }
-        out.extend(
-            self.workloads
-                .keys()
-                .filter(|k| k.kind == Kind::Machine && names.model_profile(&k.namespace) == profile)
-                .cloned(),
-        );
         out.into_iter().collect()
     }
 
