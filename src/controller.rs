@@ -500,22 +500,7 @@ impl<L: LxdApi> Controller<L> {
     /// Every charm profile any resource expects (whatever the flavour filter: another
     /// host's containers still need theirs).
     fn expected_everywhere(&self) -> HashSet<String> {
-        let d = read(&self.desired);
-        let mut out = HashSet::new();
-        for (key, w) in d.workloads() {
-            for app in &w.spec.applications {
-                if let Some(a) = d.application(&key.namespace, app)
-                    && a.spec.lxd_profile.as_ref().is_some_and(|p| !p.is_empty())
-                {
-                    out.insert(
-                        self.opts
-                            .names
-                            .charm_profile(&key.namespace, app, a.spec.revision),
-                    );
-                }
-            }
-        }
-        out
+        read(&self.desired).expected_charm_profiles(&self.opts.names)
     }
 
     /// An LXD lifecycle event: the cache learns what changed (one read of the object,

@@ -175,6 +175,22 @@ impl Desired {
         out.into_iter().collect()
     }
 
+    /// Every charm profile some Machine or Container expects: one per application in
+    /// use (the index knows which), not one look per resource.
+    pub fn expected_charm_profiles(
+        &self,
+        names: &ProfileNames,
+    ) -> std::collections::HashSet<String> {
+        self.by_app
+            .keys()
+            .filter_map(|(ns, app)| {
+                let a = self.apps.get(&(ns.clone(), app.clone()))?;
+                a.spec.lxd_profile.as_ref().filter(|p| !p.is_empty())?;
+                Some(names.charm_profile(ns, app, a.spec.revision))
+            })
+            .collect()
+    }
+
     fn users_of(&self, app: &AppKey) -> Vec<ResourceKey> {
         self.by_app
             .get(app)
@@ -283,6 +299,20 @@ mod tests {
         assert!(
             d.keys_for_profile("juju-default-b-7", &names).is_empty(),
             "index follows edits"
+        );
+    }
+
+    #[test]
+    fn expected_charm_profiles_are_those_of_applications_in_use_with_a_profile() {
+        let mut d = Desired::default();
+        d.upsert(machine("0", "a, b"));
+        d.upsert(res("apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: a}\nspec: {revision: 2, lxdProfile: {config: {x: y}}}\n"));
+        d.upsert(app("b", 1));
+        d.upsert(res("apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: unused}\nspec: {revision: 2, lxdProfile: {config: {x: y}}}\n"));
+        let got = d.expected_charm_profiles(&ProfileNames::default());
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec!["juju-default-a-2".to_string()]
         );
     }
 
