@@ -136,11 +136,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
-    // The events stream's first connect lists LXD and enqueues everything: listing
-    // after subscribing is what makes sure no change falls in between.
+    // List before the workers start, so that no reconcile plans against an empty cache.
+    // Every connect of the events stream (the first included: the websocket may come up
+    // after this listing) lists again, so no change falls between the two.
+    let mut stream = ctl.lxd.events();
+    let mut delay = Duration::from_millis(500);
+    while let Err(e) = ctl.relist().await {
+        warn!(error = %e, "cannot list LXD; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    ctl.enqueue_all();
     let events = {
         let ctl = ctl.clone();
-        let mut stream = ctl.lxd.events();
         tokio::spawn(async move {
             while let Some(notice) = stream.next().await {
                 let result = match notice {

@@ -150,9 +150,16 @@ impl LxdClient {
                 reason: "the LXD project name is empty".into(),
             });
         }
+        // No idle pool. LXD 5.0 stops accepting every new connection, from every client,
+        // while one open connection has not sent its first bytes (canonical/lxd#18705, seen
+        // here too: one silent socket stalls `curl` until it closes). hyper's pool races a
+        // fresh connection against a returning idle one and parks the loser idle and
+        // silent, so a pooled client stalls all of LXD under concurrency. A connection per
+        // request always speaks at once; a Unix connect costs microseconds next to LXD's
+        // milliseconds.
         let builder = reqwest::Client::builder()
             .user_agent(concat!("lxd-mutater/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60));
+            .pool_max_idle_per_host(0);
         let (builder, base, tls) = match endpoint {
             Endpoint::Unix(path) => (
                 builder.unix_socket(path.as_path()),
