@@ -16,7 +16,7 @@ test-deps:
 test: lxd test-deps check-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	$(CARGO) test --lib --bins --tests
 
 ## Benchmarks (not part of make test): make bench, or make bench ARGS="--quick",
 ## ARGS="--instances 500". Prints a Markdown table, writes target/bench/results.json.

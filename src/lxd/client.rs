@@ -1,5 +1,5 @@
-//! The REST client: one keep-alive connection pool, `?project=` on every call, LXD's
-//! envelopes and operations turned into values or `LxdError`s.
+//! The REST client: a fresh connection per request (see `LxdClient::new` for why), `?project=`
+//! on every call, LXD's envelopes and operations turned into values or `LxdError`s.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub trait RequestObserver: Send + Sync {
     fn observe(&self, method: &str, code: Option<u16>, elapsed: Duration);
 }
 
-/// A client for one LXD project. Cheap to clone: clones share one connection pool.
+/// A client for one LXD project. Cheap to clone: clones share one HTTP client.
 #[derive(Clone)]
 pub struct LxdClient {
     inner: Arc<Inner>,
