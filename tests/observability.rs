@@ -301,3 +301,55 @@ fn a_real_prometheus_scrapes_the_controller_and_the_rules_use_only_real_metrics(
         .unwrap();
     assert!(n >= 1.0, "{answer}");
 }
+
+/// `--log-format json`: one line per reconcile that changed something, with the resource,
+/// the result, the lists and the duration; nothing at info level for one that found
+/// nothing to do.
+#[test]
+fn json_logs_have_one_line_per_change_and_none_for_a_pass_in_sync() {
+    let lxd = TestProject::new();
+    for i in ["i0", "i1", "c0"] {
+        lxd.empty_instance(i);
+    }
+    let resources = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(resources.path().join("r.yaml"), RESOURCES).unwrap();
+    let once = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+            .args(["run", "--once", "--log-format", "json", "--resources"])
+            .arg(resources.path())
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--lxd-project", lxd.name()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let logs = once();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .filter(|v: &serde_json::Value| v["fields"]["message"] == "reconciled")
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per resource changed:\n{logs}");
+    let i0 = lines
+        .iter()
+        .find(|v| v["fields"]["instance"] == "i0")
+        .expect("a line for i0");
+    assert_eq!(i0["level"], "INFO");
+    assert_eq!(i0["fields"]["result"], "applied");
+    assert_eq!(i0["fields"]["resource"], "Machine/m/0");
+    assert_eq!(i0["fields"]["current"], "[\"default\"]");
+    assert_eq!(
+        i0["fields"]["expected"],
+        "[\"default\", \"juju-m\", \"juju-m-one-3\"]"
+    );
+    assert!(i0["fields"]["took_ms"].is_u64());
+    // In sync: nothing at info level.
+    let logs = once();
+    assert!(
+        !logs.contains("\"level\":\"INFO\""),
+        "a pass in sync logs nothing at info level:\n{logs}"
+    );
+}
