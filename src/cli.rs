@@ -42,10 +42,12 @@ pub enum Command {
     /// Run the controller: keep LXD in line with the resources, until stopped.
     ///
     /// Reads every *.yaml/*.yml under --resources (edits are picked up within a second),
-    /// lists LXD, and reconciles each Machine and Container: creates missing charm
-    /// profiles, rewrites owned ones whose content drifted, sets each drifted instance's
-    /// profile list with one PATCH, deletes owned profiles nothing uses any more.
-    /// Statuses go to --state-dir, never into the resource files.
+    /// or, with --source kubernetes, lists and watches the custom resources; lists LXD,
+    /// and reconciles each Machine and Container: creates missing charm profiles,
+    /// rewrites owned ones whose content drifted, sets each drifted instance's profile
+    /// list with one PATCH, deletes owned profiles nothing uses any more.
+    /// Statuses go to --state-dir, never into the resource files (on Kubernetes: to the
+    /// status subresource).
     Run(RunArgs),
     /// Show what `run` would change, and change nothing.
     ///
@@ -101,10 +103,47 @@ pub struct DiffArgs {
     pub lxd: LxdArgs,
 }
 
+/// Where desired state comes from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// YAML files under --resources; statuses under --state-dir.
+    Files,
+    /// Custom resources from the Kubernetes API server (in-cluster config or $KUBECONFIG);
+    /// statuses through the status subresource.
+    Kubernetes,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub resources: ResourcesArg,
+    /// Where desired state comes from.
+    #[arg(long, env = "LXD_MUTATER_SOURCE", value_enum, default_value = "files")]
+    pub source: SourceKind,
+    /// Directory of resource files (read recursively); required with --source files.
+    #[arg(long, env = "LXD_MUTATER_RESOURCES", value_name = "DIR")]
+    pub resources: Option<PathBuf>,
+    /// --source kubernetes: watch only this namespace (default: all namespaces).
+    #[arg(long, env = "LXD_MUTATER_NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+    /// --source kubernetes: run as one of several replicas; only the holder of a
+    /// coordination.k8s.io Lease writes to LXD and statuses. A standby keeps its caches
+    /// warm and is ready. On losing the lease (or failing to renew it) the leader stops
+    /// writing at once and exits non-zero; on SIGTERM it drains and releases the lease.
+    #[arg(long, env = "LXD_MUTATER_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, env = "LXD_MUTATER_LEASE_NAME", default_value = "lxd-mutater")]
+    pub lease_name: String,
+    /// The Lease's namespace. Default: $POD_NAMESPACE, else the pod's own namespace,
+    /// else default.
+    #[arg(long, env = "LXD_MUTATER_LEASE_NAMESPACE", value_name = "NS")]
+    pub lease_namespace: Option<String>,
+    /// How long the lease stays valid after the leader's last renewal.
+    #[arg(long, env = "LXD_MUTATER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// How often the leader renews; an API server unreachable for this long makes it
+    /// step down.
+    #[arg(long, env = "LXD_MUTATER_LEASE_RENEW", default_value = "2s", value_parser = parse_duration)]
+    pub lease_renew: std::time::Duration,
     #[command(flatten)]
     pub lxd: LxdArgs,
     /// Where statuses are written. Default: $STATE_DIRECTORY, else /var/lib/lxd-mutater
@@ -174,6 +213,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// Runs the command line; the process's exit code.
 pub fn main() -> ExitCode {
+    // One TLS provider for the whole process (kube's client builds its config from the
+    // process default); a second install attempt is harmless.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths } => validate(&paths),

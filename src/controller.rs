@@ -15,9 +15,8 @@ use crate::queue::{BackoffConfig, WorkQueue};
 use crate::reconcile::apply::{ProfileLocks, apply};
 use crate::reconcile::{Decision, Plan, plan};
 use crate::resource::{Application, Kind, Phase, ProfileNames, Resource, ResourceKey, Workload};
-use crate::status::files::StatusFiles;
 use crate::status::metrics::{DriftKind, ErrorKind, Metrics, ReconcileResult, Telemetry};
-use crate::status::{self, ERROR_PREFIX, Outcome};
+use crate::status::{self, ERROR_PREFIX, Outcome, StatusStore};
 use crate::store::{Desired, Object, Observed};
 
 /// What the queue holds: a resource to reconcile, or the clean-up of unused profiles.
@@ -86,7 +85,7 @@ pub struct Controller<L: LxdApi> {
     pub desired: RwLock<Desired>,
     pub observed: RwLock<Observed>,
     pub queue: WorkQueue<WorkKey>,
-    pub status: StatusFiles,
+    pub status: Arc<dyn StatusStore>,
     pub metrics: Arc<Metrics>,
     pub opts: Options,
     locks: ProfileLocks,
@@ -112,7 +111,12 @@ pub struct Reconciled {
 
 impl<L: LxdApi> Controller<L> {
     /// `telemetry.metrics` should observe `lxd`'s requests, for `/readyz` to see LXD.
-    pub fn new(lxd: L, status: StatusFiles, opts: Options, telemetry: &Telemetry) -> Arc<Self> {
+    pub fn new(
+        lxd: L,
+        status: impl StatusStore + 'static,
+        opts: Options,
+        telemetry: &Telemetry,
+    ) -> Arc<Self> {
         let queue =
             WorkQueue::new("lxd_mutater", opts.backoff).with_metrics(telemetry.queue.clone());
         Arc::new(Controller {
@@ -120,7 +124,7 @@ impl<L: LxdApi> Controller<L> {
             desired: RwLock::new(Desired::default()),
             observed: RwLock::new(Observed::default()),
             queue,
-            status,
+            status: Arc::new(status),
             metrics: telemetry.metrics.clone(),
             opts,
             locks: ProfileLocks::default(),
@@ -163,25 +167,39 @@ impl<L: LxdApi> Controller<L> {
     /// Replaces the desired state with a full snapshot from the source; enqueues what
     /// changed and forgets what went away (LXD untouched for it).
     pub fn load_snapshot(&self, resources: Vec<Resource>) {
+        let keep: HashSet<ResourceKey> = resources.iter().map(Resource::key).collect();
+        let gone: Vec<ResourceKey> = read(&self.desired)
+            .keys()
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        self.change(resources, &gone);
+        self.set_loaded();
+    }
+
+    /// Applies a change from the source (work proportional to it): `upserts` added or
+    /// replaced, `removed` forgotten (LXD untouched for them). Enqueues what it affects.
+    pub fn change(&self, upserts: Vec<Resource>, removed: &[ResourceKey]) {
         let mut changed = Vec::new();
         {
             let mut d = write(&self.desired);
-            let keep: HashSet<ResourceKey> = resources.iter().map(Resource::key).collect();
-            for key in d.keys() {
-                if !keep.contains(&key) {
-                    changed.extend(d.remove(&key));
-                    if key.kind != Kind::Application {
-                        self.status.remove(&key);
-                        self.metrics.forget(&key);
-                    }
+            for key in removed {
+                changed.extend(d.remove(key));
+                if key.kind != Kind::Application {
+                    self.status.remove(key);
+                    self.metrics.forget(key);
                 }
             }
-            for r in resources {
+            for r in upserts {
                 changed.extend(d.upsert(r));
             }
         }
-        self.desired_loaded.store(true, Ordering::SeqCst);
         self.enqueue(changed);
+    }
+
+    /// The source has delivered its whole state once (`/readyz` waits for it).
+    pub fn set_loaded(&self) {
+        self.desired_loaded.store(true, Ordering::SeqCst);
     }
 
     fn enqueue(&self, keys: impl IntoIterator<Item = ResourceKey>) {

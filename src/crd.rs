@@ -1,10 +1,16 @@
-//! The CustomResourceDefinitions of the three kinds, generated from the types, so that
-//! `crds/` can never say something the code does not.
+//! The CustomResourceDefinitions of the three kinds, generated from the types by kube's
+//! derive, so that `crds/` can never say something the code does not.
+//!
+//! The derived types only describe the schema: objects read from the API server go
+//! through the same parser and validator as files (`k8s::convert`).
 
-use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, json_schema};
+use kube::CustomResource;
+use kube::core::CustomResourceExt;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::resource::{ApplicationSpec, GROUP, InstanceSpec, Kind, Status, VERSION};
+use crate::resource::{ApplicationSpec, InstanceSpec, Kind, Status};
 
 /// Schema of an LXD config map: any scalar is accepted (SPEC §2 turns it into a string),
 /// so values keep unknown fields instead of declaring a type that would reject `true`.
@@ -24,19 +30,6 @@ pub fn any_scalar_map_map(_: &mut SchemaGenerator) -> Schema {
             "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true }
         }
     })
-}
-
-/// An OpenAPI v3 schema Kubernetes accepts: inlined, without JSON-Schema-only keys.
-fn schema_for<T: JsonSchema>() -> Value {
-    let generator = SchemaSettings::openapi3()
-        .with(|s| {
-            s.inline_subschemas = true;
-            s.meta_schema = None;
-        })
-        .into_generator();
-    let mut v = generator.into_root_schema_for::<T>().to_value();
-    clean(&mut v);
-    v
 }
 
 /// Drops what a structural schema may not hold: titles, `$schema`, definitions,
@@ -59,6 +52,12 @@ fn clean(v: &mut Value) {
                 .is_some_and(|f| !matches!(f, "int32" | "int64" | "date-time"))
             {
                 map.remove("format");
+            }
+            // schemars writes `minimum: 0.0` for unsigned integers.
+            if let Some(m) = map.get("minimum").and_then(Value::as_f64)
+                && m.fract() == 0.0
+            {
+                map.insert("minimum".into(), json!(m as i64));
             }
             collapse_string_enum(map);
             for (_, child) in map.iter_mut() {
@@ -88,70 +87,95 @@ fn collapse_string_enum(map: &mut serde_json::Map<String, Value>) {
     map.insert("enum".into(), Value::Array(values));
 }
 
-fn columns(kind: Kind) -> Value {
-    let age = json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"});
+/// `spec` of an Application: a charm deployed in a model, and its LXD profile.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "lxdmutater.dev",
+    version = "v1alpha1",
+    kind = "Application",
+    doc = "An application: its charm revision and LXD profile, applied to every machine and container it has units on.",
+    plural = "applications",
+    namespaced,
+    status = "Status",
+    shortname = "lxdapp",
+    category = "lxd-mutater",
+    printcolumn(name = "Charm", type_ = "string", json_path = ".spec.charm"),
+    printcolumn(name = "Revision", type_ = "integer", json_path = ".spec.revision"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+pub struct ApplicationCrdSpec {
+    #[serde(flatten)]
+    pub spec: ApplicationSpec,
+}
+
+/// `spec` of a Machine: an LXD virtual machine or container that Juju provisioned, and
+/// the applications with units on it.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "lxdmutater.dev",
+    version = "v1alpha1",
+    kind = "Machine",
+    doc = "A machine: the LXD instance whose profiles follow the applications on it.",
+    plural = "machines",
+    namespaced,
+    status = "Status",
+    shortname = "lxdm",
+    category = "lxd-mutater",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
+    printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+pub struct MachineCrdSpec {
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+}
+
+/// `spec` of a Container: an LXD container on a Machine, and the applications with units
+/// on it.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "lxdmutater.dev",
+    version = "v1alpha1",
+    kind = "Container",
+    doc = "A container on a machine: the LXD instance whose profiles follow the applications on it.",
+    plural = "containers",
+    namespaced,
+    status = "Status",
+    shortname = "lxdc",
+    category = "lxd-mutater",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
+    printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+pub struct ContainerCrdSpec {
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+}
+
+/// The `ApiResource` of a kind, for dynamic API calls.
+pub fn api_resource(kind: Kind) -> kube::core::ApiResource {
     match kind {
-        Kind::Application => json!([
-            {"name": "Charm", "type": "string", "jsonPath": ".spec.charm"},
-            {"name": "Revision", "type": "integer", "jsonPath": ".spec.revision"},
-            age
-        ]),
-        Kind::Machine | Kind::Container => json!([
-            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Instance", "type": "string", "jsonPath": ".spec.instance"},
-            {"name": "Profiles", "type": "string", "jsonPath": ".status.profiles"},
-            age
-        ]),
+        Kind::Application => kube::core::ApiResource::erase::<Application>(&()),
+        Kind::Machine => kube::core::ApiResource::erase::<Machine>(&()),
+        Kind::Container => kube::core::ApiResource::erase::<Container>(&()),
     }
 }
 
-fn short_names(kind: Kind) -> Value {
-    match kind {
-        Kind::Application => json!(["lxdapp"]),
-        Kind::Machine => json!(["lxdm"]),
-        Kind::Container => json!(["lxdc"]),
-    }
-}
-
-/// One CRD, as a JSON value.
+/// One CRD, as a JSON value: kube's derive, then cleaned into a structural schema.
 pub fn crd(kind: Kind) -> Value {
-    let spec = match kind {
-        Kind::Application => schema_for::<ApplicationSpec>(),
-        Kind::Machine | Kind::Container => schema_for::<InstanceSpec>(),
+    let crd = match kind {
+        Kind::Application => Application::crd(),
+        Kind::Machine => Machine::crd(),
+        Kind::Container => Container::crd(),
     };
-    let plural = kind.plural();
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.{GROUP}")},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": kind.as_str(),
-                "listKind": format!("{}List", kind.as_str()),
-                "plural": plural,
-                "singular": kind.as_str().to_lowercase(),
-                "shortNames": short_names(kind),
-                "categories": ["lxd-mutater"],
-            },
-            "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": true,
-                "storage": true,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns(kind),
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "required": ["spec"],
-                    "properties": {
-                        "spec": spec,
-                        "status": schema_for::<Status>(),
-                    },
-                }},
-            }],
-        },
-    })
+    // Serializing a plain Kubernetes object cannot fail.
+    let mut v = serde_json::to_value(crd).unwrap_or(Value::Null);
+    if let Some(schema) = v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema") {
+        clean(schema);
+    }
+    v
 }
 
 /// All three CRDs as one multi-document YAML stream (what `crds/crds.yaml` holds).

@@ -10,6 +10,8 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod fence;
+pub mod k8s;
 pub mod lxd;
 pub mod queue;
 pub mod reconcile;

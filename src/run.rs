@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::cli::{GetArgs, LxdArgs, ResourcesArg, RunArgs};
+use crate::cli::{GetArgs, LxdArgs, ResourcesArg, RunArgs, SourceKind};
 use crate::controller::{Controller, Options, run_workers};
+use crate::fence::WriteFence;
 use crate::lxd::{Endpoint, EventNotice, LxdClient};
 use crate::queue::BackoffConfig;
 use crate::reconcile::Decision;
@@ -81,12 +82,14 @@ fn load(dir: &std::path::Path) -> anyhow::Result<FileSnapshot> {
 /// `lxd-mutater run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logs(&args.log_format, &args.log_level);
-    let telemetry = Arc::new(Telemetry::new());
-    let (lxd, names) = client(&args.lxd, &telemetry)?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let status = StatusFiles::open(&state_dir)
-        .with_context(|| format!("state directory {}", state_dir.display()))?;
-    let opts = Options {
+    match args.source {
+        SourceKind::Files => run_files(args).await,
+        SourceKind::Kubernetes => run_kubernetes(args).await,
+    }
+}
+
+fn options(args: &RunArgs, names: ProfileNames) -> Options {
+    Options {
         machine: args.machine.clone(),
         workers: args.workers,
         resync: args.resync,
@@ -97,9 +100,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         reconcile_timeout: args.reconcile_timeout,
         ..Options::new(names)
+    }
+}
+
+async fn run_files(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(root) = args.resources.clone() else {
+        anyhow::bail!("--resources DIR is required with --source files");
     };
-    let ctl = Controller::new(lxd, status, opts, &telemetry);
-    let root = args.resources.resources.clone();
+    let telemetry = Arc::new(Telemetry::new());
+    let (lxd, names) = client(&args.lxd, &telemetry)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let status = StatusFiles::open(&state_dir)
+        .with_context(|| format!("state directory {}", state_dir.display()))?;
+    let ctl = Controller::new(lxd, status, options(&args, names), &telemetry);
     let mut snapshot = load(&root)?;
     ctl.load_snapshot(snapshot.resources());
     ctl.set_source_errors(snapshot.broken_files());
@@ -112,17 +125,195 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(once_report(&ctl));
     }
 
-    // Bound before anything else, so that a busy port fails the start, not later.
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let http = serve(&args.listen, &ctl, &telemetry).await?;
+    let mut tasks = start_lxd(&ctl, args.resync).await?;
+    info!(
+        resources = %root.display(),
+        state_dir = %state_dir.display(),
+        dry_run = args.dry_run,
+        "started"
+    );
+    let workers = tokio::spawn(run_workers(ctl.clone(), false));
+
+    let (mut ticks, _watcher) = watch(&root, Duration::from_secs(30))
+        .with_context(|| format!("watching {}", root.display()))?;
+    tasks.push({
+        let ctl = ctl.clone();
+        let root = root.clone();
+        tokio::spawn(async move {
+            while ticks.recv().await.is_some() {
+                if snapshot.rescan(&root) {
+                    ctl.load_snapshot(snapshot.resources());
+                }
+                ctl.set_source_errors(snapshot.broken_files());
+            }
+        })
+    });
+
+    shutdown_signal().await;
+    drain(&ctl, tasks, Some(workers)).await;
+    http.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run --source kubernetes`: the custom resources as desired state, statuses through
+/// the status subresource, and with --leader-elect one writer among the replicas.
+async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use crate::k8s::{leader, source::Source, status::KubeStatus};
+    anyhow::ensure!(
+        !args.once,
+        "--once works with --source files only (a pass over the custom resources is `run` \
+         until every status is Applied)"
+    );
+    if args.resources.is_some() {
+        warn!("--resources is ignored with --source kubernetes");
+    }
+    let telemetry = Arc::new(Telemetry::new());
+    // A replica that may lead starts fenced: nothing reaches LXD or a status before it
+    // holds the lease.
+    let fence = if args.leader_elect {
+        WriteFence::closed()
+    } else {
+        WriteFence::open()
+    };
+    let (lxd, names) = client(&args.lxd, &telemetry)?;
+    let lxd = lxd.with_fence(fence.clone());
+    let config = kube::Config::infer()
         .await
-        .with_context(|| format!("--listen {}", args.listen))?;
+        .context("no Kubernetes configuration (in-cluster, or $KUBECONFIG)")?;
+    let kube_client = kube::Client::try_from(config.clone()).context("Kubernetes client")?;
+    let identity = leader::default_identity();
+    let (status, writer) = KubeStatus::new(kube_client.clone(), fence.clone(), &identity);
+    let ctl = Controller::new(lxd, status.clone(), options(&args, names), &telemetry);
+    let http = serve(&args.listen, &ctl, &telemetry).await?;
+    let mut tasks = start_lxd(&ctl, args.resync).await?;
+    let source = Source::new(ctl.clone(), status, kube_client, args.namespace.clone());
+    tasks.extend(source.spawn());
+    tasks.push(tokio::spawn(writer.run()));
+    info!(
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        identity = %identity,
+        leader_elect = args.leader_elect,
+        dry_run = args.dry_run,
+        "started"
+    );
+
+    let leader = if args.leader_elect {
+        // The lease's own client gives up quickly: a renew that hangs has failed.
+        let mut lease_config = config;
+        lease_config.connect_timeout = Some(args.lease_renew);
+        lease_config.read_timeout = Some(args.lease_renew);
+        lease_config.write_timeout = Some(args.lease_renew);
+        let lease_client = kube::Client::try_from(lease_config).context("Kubernetes client")?;
+        let lease = leader::LeaderConfig {
+            lease_name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(leader::default_lease_namespace),
+            identity: identity.clone(),
+            duration: args.lease_duration,
+            renew: args.lease_renew,
+        };
+        let joined = tokio::select! {
+            l = join_election(lease_client, &lease, &fence, &telemetry) => l,
+            _ = shutdown_signal() => {
+                drain(&ctl, tasks, None).await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        info!(lease = %lease.lease_name, namespace = %lease.namespace, "standing by for the lease");
+        tokio::select! {
+            _ = joined.acquire() => {}
+            _ = shutdown_signal() => {
+                drain(&ctl, tasks, None).await;
+                joined.release().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        Some(joined)
+    } else {
+        None
+    };
+
+    ctl.enqueue_all();
+    let workers = tokio::spawn(run_workers(ctl.clone(), false));
+    match &leader {
+        Some(l) => {
+            tokio::select! {
+                lost = l.hold() => {
+                    // The fence is closed already: nothing more leaves this process.
+                    error!(error = %lost, "no longer the leader: stopping");
+                    ctl.drain();
+                    for t in tasks {
+                        t.abort();
+                    }
+                    http.abort();
+                    return Ok(ExitCode::from(1));
+                }
+                _ = shutdown_signal() => {}
+            }
+        }
+        None => shutdown_signal().await,
+    }
+    drain(&ctl, tasks, Some(workers)).await;
+    if let Some(l) = &leader {
+        l.release().await;
+    }
+    http.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Joins the election, retrying while the API server does not answer.
+async fn join_election(
+    client: kube::Client,
+    lease: &crate::k8s::leader::LeaderConfig,
+    fence: &WriteFence,
+    telemetry: &Telemetry,
+) -> crate::k8s::leader::Leader {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match crate::k8s::leader::Leader::join(
+            client.clone(),
+            lease,
+            fence.clone(),
+            telemetry.leader.clone(),
+        )
+        .await
+        {
+            Ok(l) => return l,
+            Err(e) => {
+                warn!(error = %e, "cannot join the election; again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Binds `--listen` (before anything else, so that a busy port fails the start) and
+/// serves /metrics, /healthz and /readyz.
+async fn serve(
+    listen: &str,
+    ctl: &Arc<Controller<LxdClient>>,
+    telemetry: &Arc<Telemetry>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}"))?;
     info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let http = tokio::spawn(crate::status::http::serve(
+    Ok(tokio::spawn(crate::status::http::serve(
         listener,
         ctl.clone(),
         telemetry.clone(),
-    ));
+    )))
+}
 
+/// Waits for LXD, lists it, and starts the events stream and the periodic resync.
+async fn start_lxd(
+    ctl: &Arc<Controller<LxdClient>>,
+    resync: Duration,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     // Wait for LXD: a controller started before its LXD must not exit.
     let mut delay = Duration::from_millis(500);
     loop {
@@ -164,36 +355,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    info!(
-        resources = %root.display(),
-        state_dir = %state_dir.display(),
-        dry_run = args.dry_run,
-        "started"
-    );
-    let workers = tokio::spawn(run_workers(ctl.clone(), false));
-
-    let (mut ticks, _watcher) = watch(&root, Duration::from_secs(30))
-        .with_context(|| format!("watching {}", root.display()))?;
-    let source = {
-        let ctl = ctl.clone();
-        let root = root.clone();
-        tokio::spawn(async move {
-            while ticks.recv().await.is_some() {
-                if snapshot.rescan(&root) {
-                    ctl.load_snapshot(snapshot.resources());
-                }
-                ctl.set_source_errors(snapshot.broken_files());
-            }
-        })
-    };
     let resync = {
         let ctl = ctl.clone();
-        let period = args.resync;
         tokio::spawn(async move {
             loop {
                 // Jitter of up to a tenth, so that replicas and restarts spread out.
-                let jitter = period.mul_f64(fastrand::f64() * 0.1);
-                tokio::time::sleep(period + jitter).await;
+                let jitter = resync.mul_f64(fastrand::f64() * 0.1);
+                tokio::time::sleep(resync + jitter).await;
                 match ctl.relist().await {
                     Ok(()) => ctl.enqueue_all(),
                     Err(e) => warn!(error = %e, "resync: cannot list LXD"),
@@ -201,20 +369,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
+    Ok(vec![events, resync])
+}
 
-    shutdown_signal().await;
+/// SIGTERM/SIGINT: finish the reconciles in flight (30 s at most; a second signal exits
+/// now) and stop the other tasks.
+async fn drain(
+    ctl: &Arc<Controller<LxdClient>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    workers: Option<tokio::task::JoinHandle<()>>,
+) {
     info!("stopping: finishing the reconciles in flight (30 s at most; a second signal exits now)");
     ctl.drain();
-    for task in [source, resync, events] {
+    for task in tasks {
         task.abort();
     }
+    let Some(workers) = workers else { return };
     tokio::select! {
         _ = workers => {}
         _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("reconciles still running after 30 s: exiting"),
         _ = shutdown_signal() => warn!("second signal: exiting now"),
     }
-    http.abort();
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

@@ -14,6 +14,7 @@ use lxd_mutater::lxd::{LxdClient, RequestObserver};
 use lxd_mutater::queue::BackoffConfig;
 use lxd_mutater::resource::{Kind, Phase, ProfileNames, ResourceKey, Status};
 use lxd_mutater::source::watch::FileSnapshot;
+use lxd_mutater::status::StatusStore;
 use lxd_mutater::status::files::StatusFiles;
 use lxd_mutater::status::metrics::Telemetry;
 use support::TestProject;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::endpoint::Endpoint;
+use crate::fence::WriteFence;
 use super::error::LxdError;
 use super::tls;
 use super::types::{
@@ -91,6 +92,8 @@ struct Inner {
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     observer: Option<Arc<dyn RequestObserver>>,
+    /// Checked before every request that is not a GET.
+    fence: WriteFence,
 }
 
 impl std::fmt::Debug for LxdClient {
@@ -192,6 +195,7 @@ impl LxdClient {
                 tls,
                 timeout: DEFAULT_TIMEOUT,
                 observer: None,
+                fence: WriteFence::open(),
             }),
         })
     }
@@ -205,6 +209,12 @@ impl LxdClient {
     /// this on top of the time it asks LXD to wait.
     pub fn with_timeout(self, timeout: Duration) -> Self {
         self.map_inner(|inner| inner.timeout = timeout)
+    }
+
+    /// Sends no write (any method but GET) while `fence` is closed: such a call fails
+    /// with `LxdError::Fenced` before anything reaches LXD.
+    pub fn with_fence(self, fence: WriteFence) -> Self {
+        self.map_inner(|inner| inner.fence = fence)
     }
 
     fn map_inner(self, f: impl FnOnce(&mut Inner)) -> Self {
@@ -338,6 +348,9 @@ impl LxdClient {
         if_match: Option<&str>,
         timeout: Duration,
     ) -> Result<(u16, Option<String>, Envelope), LxdError> {
+        if method != Method::GET && !self.inner.fence.is_open() {
+            return Err(LxdError::Fenced);
+        }
         let what = format!("{method} {path}");
         let mut url = format!(
             "{}{}?project={}",

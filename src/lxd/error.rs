@@ -32,6 +32,10 @@ pub enum LxdError {
     /// The connection settings are wrong: bad URL, unreadable or invalid certificate files.
     #[error("LXD connection settings: {reason}")]
     Config { reason: String },
+    /// The write was not sent: this process may not write to LXD (it is not, or no longer,
+    /// the leader).
+    #[error("not sent: this replica is not the leader, and LXD writes are stopped")]
+    Fenced,
 }
 
 /// The fixed set of causes that metrics and logs use; never derived from message text
@@ -46,10 +50,11 @@ pub enum ErrorCategory {
     Timeout,
     Protocol,
     Config,
+    Fenced,
 }
 
 impl ErrorCategory {
-    pub const ALL: [ErrorCategory; 8] = [
+    pub const ALL: [ErrorCategory; 9] = [
         ErrorCategory::NotFound,
         ErrorCategory::Conflict,
         ErrorCategory::InUse,
@@ -58,6 +63,7 @@ impl ErrorCategory {
         ErrorCategory::Timeout,
         ErrorCategory::Protocol,
         ErrorCategory::Config,
+        ErrorCategory::Fenced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +76,7 @@ impl ErrorCategory {
             ErrorCategory::Timeout => "timeout",
             ErrorCategory::Protocol => "protocol",
             ErrorCategory::Config => "config",
+            ErrorCategory::Fenced => "fenced",
         }
     }
 }
@@ -91,6 +98,7 @@ impl LxdError {
             LxdError::Timeout { .. } => ErrorCategory::Timeout,
             LxdError::Protocol { .. } => ErrorCategory::Protocol,
             LxdError::Config { .. } => ErrorCategory::Config,
+            LxdError::Fenced => ErrorCategory::Fenced,
         }
     }
 
@@ -180,7 +188,8 @@ mod tests {
                 "unreachable",
                 "timeout",
                 "protocol",
-                "config"
+                "config",
+                "fenced"
             ]
         );
     }

@@ -240,6 +240,29 @@ pub struct Status {
     pub last_transition_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftStatus>,
+    /// Kubernetes only: the `Ready` condition, for tools that wait on conditions
+    /// (`kubectl wait --for=condition=Ready`). Status files do not carry it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Kubernetes condition (the `metav1.Condition` shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<u64>,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// One CamelCase word: the phase.
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// One resource of a known kind, as written by a user (status is the controller's).

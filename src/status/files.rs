@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::resource::{Kind, ResourceKey, Status};
+use crate::status::StatusStore;
 
 /// Where statuses go when no flag says: `$STATE_DIRECTORY` (systemd), else
 /// `/var/lib/lxd-mutater` as root, else `$XDG_STATE_HOME/lxd-mutater`
@@ -68,14 +69,17 @@ impl StatusFiles {
         path_of(&self.dir, key)
     }
 
+}
+
+impl StatusStore for StatusFiles {
     /// The status last written for `key`.
-    pub fn get(&self, key: &ResourceKey) -> Option<Status> {
+    fn get(&self, key: &ResourceKey) -> Option<Status> {
         lock(&self.written).get(key).cloned()
     }
 
     /// Writes `object` (the whole resource, status included) unless `status` equals the
     /// one last written. Returns whether it wrote.
-    pub fn write(
+    fn write(
         &self,
         key: &ResourceKey,
         object: &serde_json::Value,
@@ -97,7 +101,7 @@ impl StatusFiles {
     }
 
     /// The resource is no longer managed: its status file goes.
-    pub fn remove(&self, key: &ResourceKey) {
+    fn remove(&self, key: &ResourceKey) {
         lock(&self.written).remove(key);
         let _ = std::fs::remove_file(self.path(key));
     }

@@ -63,6 +63,8 @@ pub enum ErrorKind {
     timeout,
     protocol,
     config,
+    /// A write withheld because this replica is not the leader.
+    fenced,
     /// The instance a resource names does not exist in LXD.
     missing_instance,
     /// The desired state is wrong (missing application, profile rules).
@@ -72,7 +74,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::not_found,
         ErrorKind::conflict,
         ErrorKind::in_use,
@@ -81,6 +83,7 @@ impl ErrorKind {
         ErrorKind::timeout,
         ErrorKind::protocol,
         ErrorKind::config,
+        ErrorKind::fenced,
         ErrorKind::missing_instance,
         ErrorKind::invalid,
         ErrorKind::reconcile_timeout,
@@ -98,6 +101,7 @@ impl From<ErrorCategory> for ErrorKind {
             ErrorCategory::Timeout => ErrorKind::timeout,
             ErrorCategory::Protocol => ErrorKind::protocol,
             ErrorCategory::Config => ErrorKind::config,
+            ErrorCategory::Fenced => ErrorKind::fenced,
         }
     }
 }
@@ -417,6 +421,29 @@ pub struct Telemetry {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub queue: crate::queue::QueueMetrics,
+    /// `leader_election_master_status{name}`: 1 while this replica holds the lease
+    /// `name` (client-go's metric). No series without leader election.
+    pub leader: LeaderStatus,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabel {
+    name: String,
+}
+
+/// The leader election gauge.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderStatus(Family<LeaseLabel, Gauge>);
+
+impl LeaderStatus {
+    /// Whether this replica leads, on the lease `name` (one lease per process: one series).
+    pub fn set(&self, name: &str, leading: bool) {
+        self.0
+            .get_or_create(&LeaseLabel {
+                name: name.to_string(),
+            })
+            .set(i64::from(leading));
+    }
 }
 
 impl Telemetry {
@@ -424,10 +451,17 @@ impl Telemetry {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let queue = crate::queue::QueueMetrics::register(&mut registry);
+        let leader = LeaderStatus::default();
+        registry.register(
+            "leader_election_master_status",
+            "Whether this replica leads (1) or stands by (0), per lease",
+            leader.0.clone(),
+        );
         Telemetry {
             registry: Arc::new(registry),
             metrics,
             queue,
+            leader,
         }
     }
 

@@ -8,7 +8,42 @@ pub mod files;
 pub mod http;
 pub mod metrics;
 
-use crate::resource::{DriftStatus, Phase, Status};
+use crate::resource::{DriftStatus, Phase, ResourceKey, Status};
+
+/// Where statuses are kept: files under the state directory, or the status subresource
+/// of the Kubernetes objects. Both remember the status last stored, so that an unchanged
+/// one is never sent again.
+pub trait StatusStore: Send + Sync {
+    /// The status stored for `key` (what `next` starts from).
+    fn get(&self, key: &ResourceKey) -> Option<Status>;
+    /// Stores `status` unless it equals the one stored. `object` is the whole resource
+    /// with that status, for stores that keep whole objects. Returns whether it stored.
+    fn write(
+        &self,
+        key: &ResourceKey,
+        object: &serde_json::Value,
+        status: &Status,
+    ) -> std::io::Result<bool>;
+    /// The resource is no longer managed.
+    fn remove(&self, key: &ResourceKey);
+}
+
+impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
+    fn get(&self, key: &ResourceKey) -> Option<Status> {
+        (**self).get(key)
+    }
+    fn write(
+        &self,
+        key: &ResourceKey,
+        object: &serde_json::Value,
+        status: &Status,
+    ) -> std::io::Result<bool> {
+        (**self).write(key, object, status)
+    }
+    fn remove(&self, key: &ResourceKey) {
+        (**self).remove(key)
+    }
+}
 
 /// The prefix of every Error message, in Juju's words.
 pub const ERROR_PREFIX: &str = "cannot upgrade machine's lxd profile: ";
@@ -59,6 +94,7 @@ pub fn next(
         observed_generation: Some(observed_generation),
         last_transition_time,
         drift,
+        conditions: Vec::new(),
     }
 }
 

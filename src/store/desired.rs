@@ -56,7 +56,7 @@ impl Desired {
                 if self
                     .apps
                     .get(&app_key)
-                    .is_some_and(|old| old.spec == a.spec)
+                    .is_some_and(|old| old.spec == a.spec && old.metadata == a.metadata)
                 {
                     return vec![];
                 }
@@ -67,7 +67,7 @@ impl Desired {
                 if self
                     .workloads
                     .get(&key)
-                    .is_some_and(|old| old.spec == w.spec)
+                    .is_some_and(|old| old.spec == w.spec && old.metadata == w.metadata)
                 {
                     return vec![];
                 }

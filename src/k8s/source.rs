@@ -1,0 +1,284 @@
+//! The three kinds from the API server: list, then watch from the list's
+//! resourceVersion; on a 410 (the version was compacted away) list again; when a watch
+//! stream ends, watch again from the last version seen. Each object goes through
+//! `convert` into the controller's store, with only what changed, so that the work is
+//! proportional to the change.
+//!
+//! Only spec, uid, label and annotation changes reach the store as changes (the resource
+//! model holds nothing else): a status write comes back on the watch, updates what the
+//! status store knows the server holds, and enqueues nothing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::controller::Controller;
+use crate::lxd::LxdApi;
+use crate::resource::{Kind, ResourceKey};
+
+use super::convert;
+use super::status::KubeStatus;
+
+/// Objects per list page.
+const PAGE: u32 = 500;
+/// How long the API server may keep one watch open (it ends it then; we watch again).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// What the three kind watchers share.
+pub struct Source<L: LxdApi> {
+    pub ctl: Arc<Controller<L>>,
+    pub status: Arc<KubeStatus>,
+    pub client: kube::Client,
+    /// Only this namespace, or all.
+    pub namespace: Option<String>,
+    /// Objects that do not load now (their last good version is kept).
+    broken: Mutex<HashSet<ResourceKey>>,
+    /// Kinds listed at least once; the desired state is loaded at three.
+    listed: AtomicUsize,
+}
+
+impl<L: LxdApi + 'static> Source<L> {
+    pub fn new(
+        ctl: Arc<Controller<L>>,
+        status: Arc<KubeStatus>,
+        client: kube::Client,
+        namespace: Option<String>,
+    ) -> Arc<Self> {
+        Arc::new(Source {
+            ctl,
+            status,
+            client,
+            namespace,
+            broken: Mutex::new(HashSet::new()),
+            listed: AtomicUsize::new(0),
+        })
+    }
+
+    /// Watches every kind until the process ends.
+    pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        Kind::ALL
+            .into_iter()
+            .map(|kind| {
+                let me = self.clone();
+                tokio::spawn(async move { me.run(kind).await })
+            })
+            .collect()
+    }
+
+    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        let resource = crate::crd::api_resource(kind);
+        match &self.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        }
+    }
+
+    /// List, watch, and again, for one kind.
+    async fn run(&self, kind: Kind) {
+        let api = self.api(kind);
+        // The keys of this kind in the store, to find what a relist no longer has.
+        let mut known: HashSet<ResourceKey> = HashSet::new();
+        let mut first = true;
+        let mut delay = Backoff::new();
+        loop {
+            let (objects, mut version) = match list(&api).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(kind = %kind, error = %e, "cannot list; retrying in {:?}", delay.peek());
+                    delay.wait().await;
+                    continue;
+                }
+            };
+            delay.reset();
+            let mut seen = HashSet::new();
+            for obj in &objects {
+                if let Some(key) = self.upsert(kind, obj) {
+                    seen.insert(key);
+                }
+            }
+            let gone: Vec<ResourceKey> = known.difference(&seen).cloned().collect();
+            self.forget(&gone);
+            known = seen;
+            debug!(kind = %kind, objects = objects.len(), version = %version, "listed");
+            if std::mem::take(&mut first)
+                && self.listed.fetch_add(1, Ordering::SeqCst) + 1 == Kind::ALL.len()
+            {
+                info!("desired state loaded from the API server");
+                self.ctl.set_loaded();
+            }
+
+            // Watch until the version is too old (then list again).
+            loop {
+                match self.watch(kind, &api, &mut version, &mut known).await {
+                    WatchEnd::Ended => delay.reset(),
+                    WatchEnd::Gone => {
+                        info!(kind = %kind, "watch version expired (410): listing again");
+                        break;
+                    }
+                    WatchEnd::Failed(e) => {
+                        warn!(kind = %kind, error = %e, "watch failed; again in {:?}", delay.peek());
+                        delay.wait().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One watch stream, to its end.
+    async fn watch(
+        &self,
+        kind: Kind,
+        api: &Api<DynamicObject>,
+        version: &mut String,
+        known: &mut HashSet<ResourceKey>,
+    ) -> WatchEnd {
+        let params = WatchParams {
+            bookmarks: true,
+            ..WatchParams::default()
+        }
+        .timeout(WATCH_TIMEOUT_SECS);
+        let stream = match api.watch(&params, version).await {
+            Ok(s) => s,
+            Err(kube::Error::Api(s)) if s.code == 410 => return WatchEnd::Gone,
+            Err(e) => return WatchEnd::Failed(e.to_string()),
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
+                    remember_version(version, &obj);
+                    if let Some(key) = self.upsert(kind, &to_value(&obj)) {
+                        known.insert(key);
+                    }
+                }
+                Ok(WatchEvent::Deleted(obj)) => {
+                    remember_version(version, &obj);
+                    if let Some(key) = convert::key(kind, &to_value(&obj)) {
+                        known.remove(&key);
+                        self.forget(&[key]);
+                    }
+                }
+                Ok(WatchEvent::Bookmark(b)) => *version = b.metadata.resource_version,
+                Ok(WatchEvent::Error(s)) if s.code == 410 => return WatchEnd::Gone,
+                Ok(WatchEvent::Error(s)) => {
+                    return WatchEnd::Failed(format!("{} ({})", s.message, s.code));
+                }
+                Err(e) => return WatchEnd::Failed(e.to_string()),
+            }
+        }
+        WatchEnd::Ended
+    }
+
+    /// Loads one object into the store; its key, whether it loaded or not.
+    fn upsert(&self, kind: Kind, obj: &Value) -> Option<ResourceKey> {
+        let key = convert::key(kind, obj)?;
+        if matches!(kind, Kind::Machine | Kind::Container) {
+            let uid = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            self.status.observe(&key, uid, convert::status(obj));
+        }
+        match convert::resource(kind, obj) {
+            Ok(resource) => {
+                self.set_broken(&key, false);
+                self.ctl.change(vec![resource], &[]);
+            }
+            Err(problems) => {
+                for p in &problems {
+                    warn!("{p} (the object's last good version is kept)");
+                }
+                self.set_broken(&key, true);
+            }
+        }
+        Some(key)
+    }
+
+    fn forget(&self, keys: &[ResourceKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        for k in keys {
+            self.set_broken(k, false);
+        }
+        self.ctl.change(Vec::new(), keys);
+    }
+
+    fn set_broken(&self, key: &ResourceKey, broken: bool) {
+        let mut b = self
+            .broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = if broken {
+            b.insert(key.clone())
+        } else {
+            b.remove(key)
+        };
+        if changed {
+            self.ctl.set_source_errors(b.len());
+        }
+    }
+}
+
+enum WatchEnd {
+    /// The server ended the stream (timeout, restart): watch again from the same version.
+    Ended,
+    /// 410: the version is gone; list again.
+    Gone,
+    Failed(String),
+}
+
+fn to_value(obj: &DynamicObject) -> Value {
+    // A DynamicObject is plain JSON data: it always serializes.
+    serde_json::to_value(obj).unwrap_or(Value::Null)
+}
+
+fn remember_version(version: &mut String, obj: &DynamicObject) {
+    if let Some(v) = &obj.metadata.resource_version {
+        version.clone_from(v);
+    }
+}
+
+/// Every object of the kind, page by page, and the list's resourceVersion.
+async fn list(api: &Api<DynamicObject>) -> Result<(Vec<Value>, String), kube::Error> {
+    let mut objects = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    // Later pages continue the first page's snapshot: its version is the list's.
+    let mut version = None;
+    loop {
+        let page = api.list(&params).await?;
+        let version = version
+            .get_or_insert_with(|| page.metadata.resource_version.clone().unwrap_or_default())
+            .clone();
+        objects.extend(page.items.iter().map(to_value));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok((objects, version)),
+        }
+    }
+}
+
+/// Retry delays for the API server: 0.5 s doubling to 30 s, with jitter.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(500))
+    }
+    fn peek(&self) -> Duration {
+        self.0
+    }
+    fn reset(&mut self) {
+        *self = Backoff::new();
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0.mul_f64(0.9 + fastrand::f64() * 0.2)).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+    }
+}

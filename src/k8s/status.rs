@@ -1,0 +1,304 @@
+//! Statuses on Kubernetes: the status subresource of each object, written by one task.
+//!
+//! The controller decides a status synchronously (`StatusStore::write`); this store
+//! compares it with the one the API server holds (as the watch last showed it, or as our
+//! last patch set it) and, only when it differs, queues one merge patch of the whole
+//! status. Patches of one key coalesce: a status superseded before it was sent is never
+//! sent. A status write changes neither generation nor anything the source compares, so
+//! it never causes a reconcile.
+//!
+//! The `Ready` condition is derived here: `True` in phase Applied, `False` otherwise,
+//! its `lastTransitionTime` moving only when it flips. An Event is posted when a
+//! resource goes into Error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::fence::WriteFence;
+use crate::resource::{Condition, Kind, Phase, ResourceKey, Status};
+use crate::status::StatusStore;
+
+/// The condition type this controller maintains.
+pub const READY: &str = "Ready";
+/// The field manager and event source of every write.
+pub const MANAGER: &str = "lxd-mutater";
+
+#[derive(Debug, Default)]
+struct State {
+    /// What the API server holds, per key: the status (None: none yet) and the uid.
+    stored: HashMap<ResourceKey, Stored>,
+    /// Decided and not yet sent.
+    pending: HashMap<ResourceKey, Status>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stored {
+    status: Option<Status>,
+    uid: Option<String>,
+}
+
+/// The status subresource as a `StatusStore`.
+pub struct KubeStatus {
+    state: Mutex<State>,
+    tx: mpsc::UnboundedSender<ResourceKey>,
+}
+
+/// The task that sends the queued patches (run it with `run`).
+pub struct StatusWriter {
+    client: kube::Client,
+    store: Arc<KubeStatus>,
+    rx: mpsc::UnboundedReceiver<ResourceKey>,
+    fence: WriteFence,
+    identity: String,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl KubeStatus {
+    /// The store and its writer. Nothing is sent while `fence` is closed.
+    pub fn new(client: kube::Client, fence: WriteFence, identity: &str) -> (Arc<Self>, StatusWriter) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = Arc::new(KubeStatus {
+            state: Mutex::new(State::default()),
+            tx,
+        });
+        let writer = StatusWriter {
+            client,
+            store: store.clone(),
+            rx,
+            fence,
+            identity: identity.to_string(),
+        };
+        (store, writer)
+    }
+
+    /// The source saw the object: what the API server holds now.
+    pub fn observe(&self, key: &ResourceKey, uid: Option<String>, status: Option<Status>) {
+        lock(&self.state)
+            .stored
+            .insert(key.clone(), Stored { status, uid });
+    }
+
+    /// Adds the Ready condition to `status`, given the previous one.
+    fn with_conditions(status: &Status, prev: Option<&Status>) -> Status {
+        let ready = if status.phase == Phase::Applied {
+            "True"
+        } else {
+            "False"
+        };
+        let before = prev.and_then(|p| p.conditions.iter().find(|c| c.type_ == READY));
+        let last_transition_time = match before {
+            Some(c) if c.status == ready => c.last_transition_time.clone(),
+            _ => crate::status::now(),
+        };
+        let mut out = status.clone();
+        out.conditions = vec![Condition {
+            type_: READY.into(),
+            status: ready.into(),
+            observed_generation: status.observed_generation,
+            last_transition_time,
+            reason: status.phase.as_str().into(),
+            message: status.message.clone(),
+        }];
+        out
+    }
+}
+
+impl StatusStore for KubeStatus {
+    fn get(&self, key: &ResourceKey) -> Option<Status> {
+        let s = lock(&self.state);
+        s.pending
+            .get(key)
+            .cloned()
+            .or_else(|| s.stored.get(key).and_then(|st| st.status.clone()))
+    }
+
+    fn write(
+        &self,
+        key: &ResourceKey,
+        _object: &serde_json::Value,
+        status: &Status,
+    ) -> std::io::Result<bool> {
+        let prev = self.get(key);
+        let new = KubeStatus::with_conditions(status, prev.as_ref());
+        if prev.as_ref() == Some(&new) {
+            return Ok(false);
+        }
+        lock(&self.state).pending.insert(key.clone(), new);
+        // The writer lives as long as the process; a send after it is gone is moot.
+        let _ = self.tx.send(key.clone());
+        Ok(true)
+    }
+
+    fn remove(&self, key: &ResourceKey) {
+        let mut s = lock(&self.state);
+        s.stored.remove(key);
+        s.pending.remove(key);
+    }
+}
+
+impl StatusWriter {
+    /// Sends queued statuses until the process ends. A failed patch is retried after a
+    /// pause unless a newer status superseded it; a missing object is dropped.
+    pub async fn run(mut self) {
+        let mut delay = Duration::from_millis(200);
+        while let Some(key) = self.rx.recv().await {
+            let (status, before) = {
+                let mut s = lock(&self.store.state);
+                let Some(status) = s.pending.remove(&key) else {
+                    continue; // sent already, with a later request of the same key
+                };
+                (status, s.stored.get(&key).cloned().unwrap_or_default())
+            };
+            if !self.fence.is_open() {
+                debug!(resource = %key, "not the leader: status not sent");
+                continue;
+            }
+            match self.patch(&key, &status).await {
+                Ok(()) => {
+                    delay = Duration::from_millis(200);
+                    let into_error = status.phase == Phase::Error
+                        && before.status.as_ref().map(|s| s.phase) != Some(Phase::Error);
+                    lock(&self.store.state).stored.insert(
+                        key.clone(),
+                        Stored {
+                            status: Some(status.clone()),
+                            uid: before.uid.clone(),
+                        },
+                    );
+                    if into_error {
+                        self.event(&key, before.uid.as_deref(), &status.message)
+                            .await;
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    debug!(resource = %key, "gone before its status was written");
+                }
+                Err(e) => {
+                    warn!(resource = %key, error = %e, "cannot write status; retrying in {delay:?}");
+                    {
+                        let mut s = lock(&self.store.state);
+                        s.pending.entry(key.clone()).or_insert(status);
+                    }
+                    let tx = self.store.tx.clone();
+                    let wait = delay;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = tx.send(key);
+                    });
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn api(&self, key: &ResourceKey) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &crate::crd::api_resource(key.kind),
+        )
+    }
+
+    /// One merge patch of the whole status to the status subresource.
+    async fn patch(&self, key: &ResourceKey, status: &Status) -> Result<(), kube::Error> {
+        let body = json!({ "status": status });
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        self.api(key)
+            .patch_status(&key.name, &params, &Patch::Merge(&body))
+            .await
+            .map(drop)
+    }
+
+    /// A Warning Event on the object (core/v1, what `kubectl describe` shows). Failing
+    /// to post one is logged and otherwise ignored.
+    async fn event(&self, key: &ResourceKey, uid: Option<&str>, message: &str) {
+        use k8s_openapi::api::core::v1::Event;
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let event: Event = match serde_json::from_value::<Event>(json!({
+            "metadata": {"name": format!("{}.{stamp:x}", key.name), "namespace": key.namespace},
+            "involvedObject": {
+                "apiVersion": crate::resource::API_VERSION,
+                "kind": key.kind.as_str(),
+                "namespace": key.namespace,
+                "name": key.name,
+                "uid": uid,
+            },
+            "type": "Warning",
+            "reason": "ReconcileError",
+            "message": message,
+            "count": 1,
+            "source": {"component": MANAGER},
+            "reportingComponent": MANAGER,
+            "reportingInstance": self.identity,
+        })) {
+            Ok(mut e) => {
+                e.first_timestamp = Some(now.clone());
+                e.last_timestamp = Some(now);
+                e
+            }
+            Err(e) => return warn!(error = %e, "cannot build an event"),
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            warn!(resource = %key, error = %e, "cannot post an event");
+        }
+    }
+}
+
+/// Whether the kind's objects carry a status this controller writes.
+pub fn has_status(kind: Kind) -> bool {
+    matches!(kind, Kind::Machine | Kind::Container)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(phase: Phase) -> Status {
+        crate::status::next(
+            None,
+            &crate::status::Outcome {
+                phase,
+                message: String::new(),
+                profiles: Some(vec!["default".into()]),
+                drift: None,
+            },
+            2,
+            "2026-11-25T10:00:00Z",
+        )
+    }
+
+    #[test]
+    fn ready_keeps_its_time_until_it_flips() {
+        let a = KubeStatus::with_conditions(&status(Phase::Applied), None);
+        let mut old = a.clone();
+        old.conditions[0].last_transition_time = "then".into();
+        let b = KubeStatus::with_conditions(&status(Phase::Applied), Some(&old));
+        assert_eq!(b.conditions[0].last_transition_time, "then");
+        assert_eq!(b.conditions[0].status, "True");
+        let c = KubeStatus::with_conditions(&status(Phase::Error), Some(&old));
+        assert_ne!(c.conditions[0].last_transition_time, "then");
+        assert_eq!(
+            (c.conditions[0].status.as_str(), c.conditions[0].reason.as_str()),
+            ("False", "Error")
+        );
+    }
+}
