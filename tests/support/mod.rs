@@ -452,17 +452,40 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the built binary; `extra` are more flags (`--resync 1h`, ...).
     pub fn start(project: &TestProject, resources: &Path, state: &Path, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "--resources".to_string(),
+            resources.display().to_string(),
+            "--state-dir".to_string(),
+            state.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::run(project, &args, &[], None)
+    }
+
+    /// `lxd-mutater run` on `project` with `args`, environment `env`, and its log
+    /// (stderr) in `log` if given.
+    pub fn run(
+        project: &TestProject,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        log: Option<&Path>,
+    ) -> Daemon {
         let port = free_port();
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(
+                std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            ),
+            None => std::process::Stdio::null(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
-            .args(["run", "--resources"])
-            .arg(resources)
-            .arg("--state-dir")
-            .arg(state)
+            .arg("run")
             .args(["--lxd-project", project.name(), "--workers", "2"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start lxd-mutater: {e}"));
         Daemon { child, port }

@@ -1,0 +1,572 @@
+//! `lxd-mutater run --source kubernetes`, the built binary, against the fake API server
+//! (crates/fake-apiserver: the real wire format, in this process) and the real LXD.
+//!
+//! No kube-apiserver can be installed here, so the API server is the fake; everything
+//! on the LXD side is real. Each test has its own fake and its own LXD project.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fake_apiserver::{FakeApiServer, Fault, Request};
+use serde_json::{Value, json};
+use support::{Daemon, TestProject, metric_value, wait_until};
+
+const NS: &str = "m";
+const API: &str = "lxdmutater.dev/v1alpha1";
+
+/// A fake API server on its own runtime, and a folder for its kubeconfig and logs.
+struct Cluster {
+    api: FakeApiServer,
+    dir: tempfile::TempDir,
+    // Declared last: dropped after the server's handle.
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let api = rt.block_on(FakeApiServer::start());
+        let dir = tempfile::tempdir().expect("a temp dir");
+        api.kubeconfig(dir.path().join("kubeconfig"))
+            .expect("writing the kubeconfig");
+        Cluster { api, dir, rt }
+    }
+
+    /// Faults rebind the listener: inside the runtime.
+    fn fault(&self, fault: Fault) {
+        let _guard = self.rt.enter();
+        self.api.set_fault(fault);
+    }
+
+    fn clear_fault(&self) {
+        let _guard = self.rt.enter();
+        self.api.clear_fault();
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn create(&self, obj: Value) {
+        let _guard = self.rt.enter();
+        self.api
+            .create(obj)
+            .unwrap_or_else(|e| panic!("create: {e:?}"));
+    }
+
+    fn patch_spec(&self, plural: &str, name: &str, spec: Value) {
+        let _guard = self.rt.enter();
+        self.api
+            .patch_merge(API, plural, NS, name, &json!({ "spec": spec }))
+            .unwrap_or_else(|e| panic!("patch {plural}/{name}: {e:?}"));
+    }
+
+    fn delete(&self, plural: &str, name: &str) {
+        let _guard = self.rt.enter();
+        self.api
+            .delete(API, plural, NS, name)
+            .unwrap_or_else(|e| panic!("delete {plural}/{name}: {e:?}"));
+    }
+
+    fn machine(&self, name: &str) -> Value {
+        self.api
+            .get(API, "machines", NS, name)
+            .unwrap_or(Value::Null)
+    }
+
+    fn status(&self, name: &str) -> Value {
+        self.machine(name)["status"].clone()
+    }
+
+    /// Requests that patched a Machine's status.
+    fn status_patches(&self, name: &str) -> Vec<Request> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.resource.as_ref().is_some_and(|a| {
+                    a.verb == "patch"
+                        && a.resource == "machines"
+                        && a.subresource.as_deref() == Some("status")
+                        && a.name.as_deref() == Some(name)
+                })
+            })
+            .collect()
+    }
+
+    /// Lists of `plural` so far.
+    fn lists(&self, plural: &str) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.resource
+                    .as_ref()
+                    .is_some_and(|a| a.verb == "list" && a.resource == plural)
+            })
+            .count()
+    }
+}
+
+fn application(name: &str, revision: u64) -> Value {
+    json!({
+        "apiVersion": API, "kind": "Application",
+        "metadata": {"name": name, "namespace": NS},
+        // JSON scalars, as kubectl sends them: true is a boolean here.
+        "spec": {"revision": revision, "lxdProfile": {"config": {"security.nesting": true}}},
+    })
+}
+
+fn machine(name: &str, instance: &str, apps: &[&str]) -> Value {
+    json!({
+        "apiVersion": API, "kind": "Machine",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"instance": instance, "applications": apps},
+    })
+}
+
+/// A controller process on `cluster`; prints its log if the test fails.
+struct Controller {
+    daemon: Daemon,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(lxd: &TestProject, cluster: &Cluster, name: &str, extra: &[&str]) -> Controller {
+        let log = cluster.dir.path().join(format!("{name}.log"));
+        let mut args = vec!["--source", "kubernetes", "--resync", "1h"];
+        args.extend_from_slice(extra);
+        let kubeconfig = cluster.kubeconfig();
+        let daemon = Daemon::run(
+            lxd,
+            &args,
+            &[("KUBECONFIG", kubeconfig.as_path())],
+            Some(&log),
+        );
+        Controller { daemon, log }
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let (code, body) = self.daemon.get("/metrics");
+        if code != 200 {
+            return 0.0;
+        }
+        metric_value(&body, series)
+    }
+
+    fn leads(&self) -> bool {
+        self.metric("leader_election_master_status{name=\"lxd-mutater\"}") == 1.0
+    }
+
+    /// LXD writes this process sent (any method but GET), from its own metrics.
+    fn lxd_writes(&self) -> f64 {
+        let (_, body) = self.daemon.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with("lxd_mutater_lxd_requests_total{"))
+            .filter(|l| !l.contains("method=\"GET\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = self.daemon.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- {} (last lines) ---", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn profiles(lxd: &TestProject, instance: &str) -> Vec<String> {
+    lxd.instance_profiles(instance)
+}
+
+fn expect(lxd: &TestProject, instance: &str, want: &[&str], deadline: Duration) {
+    wait_until(
+        &format!("{instance} to have profiles {want:?}"),
+        deadline,
+        || profiles(lxd, instance) == want,
+    );
+}
+
+#[test]
+fn statuses_follow_generations_without_a_hot_loop() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
+
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    wait_until("status Applied at generation 1", Duration::from_secs(10), || {
+        let s = cluster.status("0");
+        s["phase"] == "Applied" && s["observedGeneration"] == 1
+    });
+    let status = cluster.status("0");
+    assert_eq!(status["profiles"], json!(["default", "juju-m", "juju-m-one-1"]));
+    let ready = &status["conditions"][0];
+    assert_eq!((&ready["type"], &ready["status"]), (&json!("Ready"), &json!("True")));
+    // The JSON boolean reached LXD as LXD's text.
+    assert_eq!(
+        lxd.profile_json("juju-m-one-1")["config"]["security.nesting"],
+        "true"
+    );
+
+    // After convergence: no status patch, no LXD write, no list for 3 s.
+    let patches = cluster.status_patches("0").len();
+    let writes = ctl.lxd_writes();
+    let lists = cluster.lists("machines");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cluster.status_patches("0").len(), patches, "status patched again: a hot loop");
+    assert_eq!(ctl.lxd_writes(), writes);
+    assert_eq!(cluster.lists("machines"), lists);
+
+    // A spec edit that changes nothing in LXD (a default written out): exactly one status
+    // patch, carrying the new observedGeneration; Ready keeps its transition time.
+    cluster.patch_spec("machines", "0", json!({"extraProfiles": [], "life": "alive"}));
+    assert_eq!(cluster.machine("0")["metadata"]["generation"], 2);
+    wait_until("observedGeneration 2", Duration::from_secs(10), || {
+        cluster.status("0")["observedGeneration"] == 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cluster.status_patches("0");
+    assert_eq!(after.len(), patches + 1, "{after:?}");
+    let status = cluster.status("0");
+    assert_eq!(status["conditions"][0]["lastTransitionTime"], ready["lastTransitionTime"]);
+    assert_eq!(status["conditions"][0]["observedGeneration"], 2);
+    assert_eq!(ctl.lxd_writes(), writes);
+
+    // An edit that changes LXD: a new revision of the application.
+    cluster.patch_spec("applications", "one", json!({"revision": 2}));
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-2"], Duration::from_secs(10));
+    wait_until("status Applied with the new list", Duration::from_secs(10), || {
+        cluster.status("0")["profiles"] == json!(["default", "juju-m", "juju-m-one-2"])
+    });
+}
+
+#[test]
+fn a_machine_deleted_and_created_again_is_reconciled() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(application("two", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let _ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    let first_uid = cluster.machine("0")["metadata"]["uid"].clone();
+
+    cluster.delete("machines", "0");
+    cluster.create(machine("0", "i0", &["two"]));
+    assert_ne!(cluster.machine("0")["metadata"]["uid"], first_uid);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-two-1"], Duration::from_secs(10));
+    wait_until("the new object's status", Duration::from_secs(10), || {
+        let s = cluster.status("0");
+        s["phase"] == "Applied" && s["profiles"][2] == "juju-m-two-1"
+    });
+    // The profile nothing expects any more goes.
+    wait_until("juju-m-one-1 to be deleted", Duration::from_secs(10), || {
+        lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_err()
+    });
+}
+
+#[test]
+fn a_410_in_the_middle_of_a_watch_loses_nothing() {
+    let lxd = TestProject::new();
+    for i in ["i0", "i1", "i2"] {
+        lxd.empty_instance(i);
+    }
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(application("two", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    let lists = cluster.lists("machines");
+
+    // The watches drop; meanwhile objects change and the history is compacted past the
+    // version the controller saw, so its next watch gets 410 and it must list again.
+    cluster.fault(Fault::Unreachable);
+    // Changes made only once the controller's watches have failed, so that only a
+    // relist can bring them.
+    wait_until("the watches to fail", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+        ["Machine", "Application"]
+            .iter()
+            .all(|k| log.contains(&format!("watch failed; again in 500ms kind={k}")))
+    });
+    cluster.create(machine("1", "i1", &["one"]));
+    cluster.create(machine("2", "i2", &["two"]));
+    cluster.patch_spec("machines", "0", json!({"applications": ["two"]}));
+    cluster.api.compact();
+    cluster.clear_fault();
+
+    expect(&lxd, "i1", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    expect(&lxd, "i2", &["default", "juju-m", "juju-m-two-1"], Duration::from_secs(10));
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-two-1"], Duration::from_secs(10));
+    assert!(cluster.lists("machines") > lists, "no relist after the 410");
+    let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+    assert!(log.contains("watch version expired (410): listing again kind=Machine"), "{log}");
+}
+
+#[test]
+fn watches_cut_every_2s_for_20s_still_converge_without_duplicate_writes() {
+    const N: usize = 8;
+    let lxd = TestProject::new();
+    for i in 0..N {
+        lxd.empty_instance(&format!("i{i}"));
+    }
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
+    wait_until("ready", Duration::from_secs(30), || ctl.daemon.get("/readyz").0 == 200);
+
+    let start = Instant::now();
+    let mut next_cut = Duration::from_secs(2);
+    let mut created = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        // A machine about every 2 s, between the cuts.
+        if created < N && start.elapsed() >= Duration::from_millis(2000 * created as u64 + 1000) {
+            cluster.create(machine(&created.to_string(), &format!("i{created}"), &["one"]));
+            created += 1;
+        }
+        if start.elapsed() >= next_cut {
+            cluster.api.cut_watches();
+            next_cut += Duration::from_secs(2);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..N {
+        expect(
+            &lxd,
+            &format!("i{i}"),
+            &["default", "juju-m", "juju-m-one-1"],
+            Duration::from_secs(10),
+        );
+    }
+    // One PATCH per instance, one POST per profile (juju-m, juju-m-one-1): no write twice.
+    let patch = ctl.metric("lxd_mutater_lxd_requests_total{method=\"PATCH\",code=\"200\"}");
+    let post = ctl.metric("lxd_mutater_lxd_requests_total{method=\"POST\",code=\"201\"}")
+        + ctl.metric("lxd_mutater_lxd_requests_total{method=\"POST\",code=\"200\"}");
+    assert_eq!((patch, post), (N as f64, 2.0), "{}", ctl.daemon.metrics());
+}
+
+#[test]
+fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    // A machine whose instance does not exist: Error, and an Event.
+    cluster.create(machine("9", "nope", &["one"]));
+    let flags = ["--leader-elect", "--lease-namespace", "lxd-mutater"];
+    let a = Controller::start(&lxd, &cluster, "a", &flags);
+    let b = Controller::start(&lxd, &cluster, "b", &flags);
+
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    wait_until("one leader", Duration::from_secs(10), || a.leads() != b.leads());
+    let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+    // The standby is ready, its caches are warm, and it writes nothing.
+    wait_until("the standby ready", Duration::from_secs(10), || {
+        standby.daemon.get("/readyz").0 == 200
+    });
+    lxd.lxc(&["profile", "assign", "i0", "default"]);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+    assert!(leader.lxd_writes() > 0.0);
+    assert_eq!(standby.lxd_writes(), 0.0);
+    wait_until("machine 9 in Error", Duration::from_secs(10), || {
+        cluster.status("9")["phase"] == "Error"
+    });
+    wait_until("an Event for machine 9", Duration::from_secs(10), || {
+        cluster.api.list("v1", "events", Some(NS)).iter().any(|e| {
+            e["involvedObject"]["name"] == "9" && e["type"] == "Warning"
+        })
+    });
+
+    // The leader dies without releasing: the standby leads once the lease expires.
+    let killed = Instant::now();
+    leader.daemon.child.kill().expect("kill");
+    let _ = leader.wait_exit(Duration::from_secs(5));
+    wait_until("the standby to lead", Duration::from_secs(20), || standby.leads());
+    let took = killed.elapsed();
+    eprintln!("takeover after {took:?}");
+    assert!(took <= Duration::from_secs(16), "takeover took {took:?} (lease 15 s)");
+    lxd.lxc(&["profile", "assign", "i0", "default"]);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+
+    check_rbac_covers(&cluster.api.requests());
+}
+
+#[test]
+fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let flags = ["--leader-elect"];
+    let mut leader = Controller::start(&lxd, &cluster, "leader", &flags);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    wait_until("leading", Duration::from_secs(10), || leader.leads());
+
+    // Unreachable for 3 s: the leader's next renew fails, it stops writing and exits.
+    let cut = Instant::now();
+    cluster.fault(Fault::Unreachable);
+    let exit = leader.wait_exit(Duration::from_secs(3));
+    let took = cut.elapsed();
+    let Some(exit) = exit else {
+        panic!("the leader still runs 3 s after the API server went away");
+    };
+    assert!(!exit.success(), "exit {exit:?}: leaving the lead must not look like success");
+    eprintln!("stepped down after {took:?}");
+    // Its last words say why.
+    let log = std::fs::read_to_string(&leader.log).unwrap_or_default();
+    assert!(log.contains("no longer the leader"), "{log}");
+    // Nothing writes now: a drift stays until a leader comes back.
+    lxd.lxc(&["profile", "assign", "i0", "default"]);
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(took));
+    cluster.clear_fault();
+    assert_eq!(profiles(&lxd, "i0"), ["default"]);
+    // A new replica leads (the old lease expires) and corrects it.
+    let fresh = Controller::start(&lxd, &cluster, "fresh", &flags);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    assert!(fresh.leads());
+}
+
+#[test]
+fn kubectl_apply_of_an_edited_machine_converges() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    let _ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
+    let dir = cluster.dir.path();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let app = write(
+        "app.yaml",
+        "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: one, namespace: m}\n\
+         spec:\n  revision: 1\n  lxdProfile:\n    config: {security.nesting: true}\n",
+    );
+    let m = |apps: &str| {
+        format!(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '0', namespace: m}}\n\
+             spec: {{instance: i0, applications: [{apps}]}}\n"
+        )
+    };
+    kubectl(&cluster.kubeconfig(), &app);
+    kubectl(&cluster.kubeconfig(), &write("m.yaml", &m("")));
+    wait_until("status Applied", Duration::from_secs(30), || {
+        cluster.status("0")["phase"] == "Applied"
+    });
+    assert_eq!(profiles(&lxd, "i0"), ["default", "juju-m"]);
+    kubectl(&cluster.kubeconfig(), &write("m.yaml", &m("one")));
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(["get", "machines", "-n", NS])
+        .output()
+        .expect("kubectl get");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains('0'), "{table}");
+}
+
+fn kubectl(kubeconfig: &Path, file: &Path) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "--validate=false", "-f"])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl is needed (scripts/k8s-tools.sh checks it): {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every request the controllers made is allowed by the RBAC rules of
+/// deploy/kubernetes (ClusterRole for the kinds and events, Role for the Lease).
+fn check_rbac_covers(requests: &[Request]) {
+    let out = Command::new("kubectl")
+        .args(["kustomize", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes")])
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl kustomize: {e}"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // (namespace of a Role, or None for a ClusterRole; its rules)
+    let mut roles: Vec<(Option<String>, Vec<Value>)> = Vec::new();
+    for doc in text.split("\n---\n") {
+        let v: Value = serde_saphyr::from_str(doc).unwrap_or(Value::Null);
+        let rules = v["rules"].as_array().cloned().unwrap_or_default();
+        match v["kind"].as_str() {
+            Some("ClusterRole") => roles.push((None, rules)),
+            Some("Role") => roles.push((v["metadata"]["namespace"].as_str().map(Into::into), rules)),
+            _ => {}
+        }
+    }
+    assert!(!roles.is_empty(), "no roles in the kustomize output");
+    let has = |list: &Value, want: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|x| x == want || x == "*"))
+    };
+    let mut checked = 0;
+    for r in requests {
+        let Some(a) = &r.resource else { continue };
+        let allowed = roles.iter().any(|(ns, rules)| {
+            (ns.is_none() || ns.as_deref() == a.namespace.as_deref())
+                && rules.iter().any(|rule| {
+                    has(&rule["apiGroups"], &a.api_group)
+                        && has(&rule["resources"], &a.rbac_resource())
+                        && has(&rule["verbs"], a.verb)
+                        && match rule["resourceNames"].as_array() {
+                            None => true,
+                            Some(names) if names.is_empty() => true,
+                            Some(names) => a
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| names.iter().any(|x| x == n)),
+                        }
+                })
+        });
+        assert!(allowed, "RBAC does not allow {a:?} ({} {})", r.method, r.path);
+        checked += 1;
+    }
+    assert!(checked > 0);
+    let verbs: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .map(|a| format!("{} {}", a.verb, a.rbac_resource()))
+        .collect();
+    eprintln!("RBAC covers {checked} requests: {verbs:?}");
+}
