@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test bench lxd test-deps build check-tools
+.PHONY: run test bench lxd test-deps k8s-tools build check-tools install
 
 ## Bring up a local LXD (installs Debian's lxd as root when none answers).
 lxd:
@@ -12,8 +12,12 @@ lxd:
 test-deps:
 	bash scripts/test-deps.sh
 
+## kubectl (kustomize), kubernetes-validate and systemd-analyze for tests/manifests.rs.
+k8s-tools:
+	bash scripts/k8s-tools.sh
+
 ## Every test: formatting, lints, unit and real-LXD integration tests.
-test: lxd test-deps check-tools
+test: lxd test-deps k8s-tools check-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --lib --bins --tests
@@ -35,3 +39,42 @@ check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "cargo is not installed: install Rust (rustup) first" >&2; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+## Install as a systemd service: make install [PREFIX=/usr/local] [DESTDIR=]
+## The binary to $(PREFIX)/bin, the unit to $(UNITDIR) (ExecStart follows PREFIX), and,
+## only where they do not exist yet, /etc/default/lxd-mutater and /etc/lxd-mutater/resources/
+## (the examples): an operator's settings and resources are never overwritten.
+## NOBUILD=1 BIN=path installs a binary already built. Runs no systemctl.
+PREFIX ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BIN ?= target/release/lxd-mutater
+NOBUILD ?=
+
+install:
+ifeq ($(NOBUILD),)
+	$(CARGO) build --release --locked --bin lxd-mutater
+endif
+	install -D -m 0755 "$(BIN)" "$(DESTDIR)$(PREFIX)/bin/lxd-mutater"
+	install -d -m 0755 "$(DESTDIR)$(UNITDIR)"
+	sed 's|^ExecStart=/usr/local/bin/lxd-mutater |ExecStart=$(PREFIX)/bin/lxd-mutater |' \
+		deploy/systemd/lxd-mutater.service > "$(DESTDIR)$(UNITDIR)/lxd-mutater.service.tmp"
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/lxd-mutater.service.tmp"
+	mv -f "$(DESTDIR)$(UNITDIR)/lxd-mutater.service.tmp" "$(DESTDIR)$(UNITDIR)/lxd-mutater.service"
+	@set -e; if [ -e "$(DESTDIR)/etc/default/lxd-mutater" ]; then \
+		echo "kept $(DESTDIR)/etc/default/lxd-mutater (yours)"; \
+	else \
+		install -D -m 0644 deploy/systemd/lxd-mutater.default "$(DESTDIR)/etc/default/lxd-mutater"; \
+		echo "installed $(DESTDIR)/etc/default/lxd-mutater"; \
+	fi
+	@set -e; if [ -e "$(DESTDIR)/etc/lxd-mutater/resources" ]; then \
+		echo "kept $(DESTDIR)/etc/lxd-mutater/resources/ (yours)"; \
+	else \
+		install -d -m 0755 "$(DESTDIR)/etc/lxd-mutater/resources"; \
+		install -m 0644 examples/*.yaml "$(DESTDIR)/etc/lxd-mutater/resources/"; \
+		echo "installed the examples in $(DESTDIR)/etc/lxd-mutater/resources/: they describe"; \
+		echo "the demo's model (instances juju-demo-*): replace them with your own resources"; \
+	fi
+	@echo
+	@echo "Then: systemctl daemon-reload && systemctl enable --now lxd-mutater"
+	@echo "      (settings: /etc/default/lxd-mutater; status: lxd-mutater get machines)"

@@ -754,3 +754,30 @@ fn run_curl(args: &[String]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[tokio::test]
+async fn a_closed_fence_sends_no_write_and_reads_go_on() {
+    let project = TestProject::new();
+    project.empty_instance("f0");
+    let fence = lxd_mutater::fence::WriteFence::closed();
+    let lxd = project.client().with_fence(fence.clone());
+    let refused = lxd
+        .set_instance_profiles("f0", &strings(&[]), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, LxdError::Fenced), "{refused:?}");
+    assert_eq!(refused.category(), ErrorCategory::Fenced);
+    assert!(matches!(
+        lxd.create_profile("fenced", &kmsg()).await,
+        Err(LxdError::Fenced)
+    ));
+    assert_eq!(project.instance_profiles("f0"), ["default"]);
+    assert!(project.try_lxc(&["profile", "show", "fenced"]).is_err());
+    // Reads are not writes.
+    assert_eq!(lxd.list_instances().await.unwrap().len(), 1);
+    fence.lift();
+    lxd.set_instance_profiles("f0", &strings(&[]), None)
+        .await
+        .unwrap();
+    assert!(project.instance_profiles("f0").is_empty());
+}
