@@ -216,7 +216,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
             duration: args.lease_duration,
             renew: args.lease_renew,
         };
-        let joined = tokio::select! {
+        let mut joined = tokio::select! {
             l = join_election(lease_client, &lease, &fence, &telemetry) => l,
             _ = shutdown_signal() => {
                 drain(&ctl, tasks, None).await;

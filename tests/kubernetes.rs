@@ -423,6 +423,32 @@ fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
 }
 
 #[test]
+fn sigterm_drains_releases_the_lease_and_exits_zero() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let flags = ["--leader-elect"];
+    let a = Controller::start(&lxd, &cluster, "a", &flags);
+    let b = Controller::start(&lxd, &cluster, "b", &flags);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    wait_until("one leader", Duration::from_secs(10), || a.leads() != b.leads());
+    let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+
+    let stopped = Instant::now();
+    let pid = leader.daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let exit = leader.wait_exit(Duration::from_secs(10)).expect("exit after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    // Released, not left to expire: the standby leads within a renew period or two.
+    wait_until("the standby to lead", Duration::from_secs(6), || standby.leads());
+    eprintln!("standby leads {:?} after SIGTERM", stopped.elapsed());
+    lxd.lxc(&["profile", "assign", "i0", "default"]);
+    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+}
+
+#[test]
 fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
     let lxd = TestProject::new();
     lxd.empty_instance("i0");

@@ -32,6 +32,8 @@ pub struct LeaderConfig {
 /// This replica's part in the election.
 pub struct Leader {
     manager: LeaseManager,
+    client: kube::Client,
+    config: LeaderConfig,
     fence: WriteFence,
     metric: LeaderStatus,
     name: String,
@@ -55,22 +57,12 @@ impl Leader {
         fence: WriteFence,
         metric: LeaderStatus,
     ) -> Result<Leader, kube_lease_manager::LeaseManagerError> {
-        let duration = config.duration.as_secs().max(2);
-        // The manager renews `grace` seconds before expiry.
-        let grace = duration
-            .saturating_sub(config.renew.as_secs().max(1))
-            .clamp(1, duration - 1);
-        let manager = LeaseManagerBuilder::new(client, &config.lease_name)
-            .with_namespace(&config.namespace)
-            .with_identity(&config.identity)
-            .with_duration(duration)
-            .with_grace(grace)
-            .with_field_manager(format!("lxd-mutater-{}", config.identity))
-            .build()
-            .await?;
+        let manager = manager(client.clone(), config).await?;
         metric.set(&config.lease_name, false);
         Ok(Leader {
             manager,
+            client,
+            config: config.clone(),
             fence,
             metric,
             name: config.lease_name.clone(),
@@ -79,23 +71,37 @@ impl Leader {
 
     /// Waits until this replica leads, then lifts the fence. API errors while standing by
     /// are logged and retried: a standby writes nothing, so it can afford to wait.
-    pub async fn acquire(&self) {
+    ///
+    /// The manager trusts its last reading of the lease until the expiry it read, and
+    /// sleeps until then. A standby instead reads the lease afresh every renew period
+    /// (one GET), so that it leads within one of a release, and within about a second of
+    /// the lease expiring when the leader died.
+    pub async fn acquire(&mut self) {
         let mut delay = Duration::from_millis(500);
         loop {
-            match self.manager.changed().await {
-                Ok(true) => {
+            let changed = tokio::time::timeout(self.config.renew, self.manager.changed()).await;
+            let error = match changed {
+                Ok(Ok(true)) => {
                     info!(lease = %self.name, "leading");
                     self.metric.set(&self.name, true);
                     self.fence.lift();
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(lease = %self.name, error = %e, "standing by: cannot read the lease; again in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
+                Ok(Ok(false)) => continue,
+                // Held by another and not expired: read it again.
+                Err(_) => match manager(self.client.clone(), &self.config).await {
+                    Ok(fresh) => {
+                        self.manager = fresh;
+                        delay = Duration::from_millis(500);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                Ok(Err(e)) => e,
+            };
+            warn!(lease = %self.name, error = %error, "standing by: cannot read the lease; again in {delay:?}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -124,6 +130,26 @@ impl Leader {
             Err(e) => warn!(lease = %self.name, error = %e, "cannot release the lease"),
         }
     }
+}
+
+/// A lease manager with a fresh reading of the lease.
+async fn manager(
+    client: kube::Client,
+    config: &LeaderConfig,
+) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
+    let duration = config.duration.as_secs().max(2);
+    // The manager renews `grace` seconds before expiry.
+    let grace = duration
+        .saturating_sub(config.renew.as_secs().max(1))
+        .clamp(1, duration - 1);
+    LeaseManagerBuilder::new(client, &config.lease_name)
+        .with_namespace(&config.namespace)
+        .with_identity(&config.identity)
+        .with_duration(duration)
+        .with_grace(grace)
+        .with_field_manager(format!("lxd-mutater-{}", config.identity))
+        .build()
+        .await
 }
 
 /// This replica's name in the election: `$POD_NAME`, else the host name and process id.
