@@ -101,7 +101,11 @@ fn collapse_string_enum(map: &mut serde_json::Map<String, Value>) {
     category = "lxd-mutater",
     printcolumn(name = "Charm", type_ = "string", json_path = ".spec.charm"),
     printcolumn(name = "Revision", type_ = "integer", json_path = ".spec.revision"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ApplicationCrdSpec {
     #[serde(flatten)]
@@ -124,7 +128,11 @@ pub struct ApplicationCrdSpec {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
     printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct MachineCrdSpec {
     #[serde(flatten)]
@@ -147,7 +155,11 @@ pub struct MachineCrdSpec {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
     printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ContainerCrdSpec {
     #[serde(flatten)]

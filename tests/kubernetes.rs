@@ -221,15 +221,30 @@ fn statuses_follow_generations_without_a_hot_loop() {
     cluster.create(machine("0", "i0", &["one"]));
     let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
 
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
-    wait_until("status Applied at generation 1", Duration::from_secs(10), || {
-        let s = cluster.status("0");
-        s["phase"] == "Applied" && s["observedGeneration"] == 1
-    });
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+    wait_until(
+        "status Applied at generation 1",
+        Duration::from_secs(10),
+        || {
+            let s = cluster.status("0");
+            s["phase"] == "Applied" && s["observedGeneration"] == 1
+        },
+    );
     let status = cluster.status("0");
-    assert_eq!(status["profiles"], json!(["default", "juju-m", "juju-m-one-1"]));
+    assert_eq!(
+        status["profiles"],
+        json!(["default", "juju-m", "juju-m-one-1"])
+    );
     let ready = &status["conditions"][0];
-    assert_eq!((&ready["type"], &ready["status"]), (&json!("Ready"), &json!("True")));
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&json!("Ready"), &json!("True"))
+    );
     // The JSON boolean reached LXD as LXD's text.
     assert_eq!(
         lxd.profile_json("juju-m-one-1")["config"]["security.nesting"],
@@ -241,13 +256,21 @@ fn statuses_follow_generations_without_a_hot_loop() {
     let writes = ctl.lxd_writes();
     let lists = cluster.lists("machines");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(cluster.status_patches("0").len(), patches, "status patched again: a hot loop");
+    assert_eq!(
+        cluster.status_patches("0").len(),
+        patches,
+        "status patched again: a hot loop"
+    );
     assert_eq!(ctl.lxd_writes(), writes);
     assert_eq!(cluster.lists("machines"), lists);
 
     // A spec edit that changes nothing in LXD (a default written out): exactly one status
     // patch, carrying the new observedGeneration; Ready keeps its transition time.
-    cluster.patch_spec("machines", "0", json!({"extraProfiles": [], "life": "alive"}));
+    cluster.patch_spec(
+        "machines",
+        "0",
+        json!({"extraProfiles": [], "life": "alive"}),
+    );
     assert_eq!(cluster.machine("0")["metadata"]["generation"], 2);
     wait_until("observedGeneration 2", Duration::from_secs(10), || {
         cluster.status("0")["observedGeneration"] == 2
@@ -256,16 +279,26 @@ fn statuses_follow_generations_without_a_hot_loop() {
     let after = cluster.status_patches("0");
     assert_eq!(after.len(), patches + 1, "{after:?}");
     let status = cluster.status("0");
-    assert_eq!(status["conditions"][0]["lastTransitionTime"], ready["lastTransitionTime"]);
+    assert_eq!(
+        status["conditions"][0]["lastTransitionTime"],
+        ready["lastTransitionTime"]
+    );
     assert_eq!(status["conditions"][0]["observedGeneration"], 2);
     assert_eq!(ctl.lxd_writes(), writes);
 
     // An edit that changes LXD: a new revision of the application.
     cluster.patch_spec("applications", "one", json!({"revision": 2}));
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-2"], Duration::from_secs(10));
-    wait_until("status Applied with the new list", Duration::from_secs(10), || {
-        cluster.status("0")["profiles"] == json!(["default", "juju-m", "juju-m-one-2"])
-    });
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-2"],
+        Duration::from_secs(10),
+    );
+    wait_until(
+        "status Applied with the new list",
+        Duration::from_secs(10),
+        || cluster.status("0")["profiles"] == json!(["default", "juju-m", "juju-m-one-2"]),
+    );
 }
 
 #[test]
@@ -277,21 +310,33 @@ fn a_machine_deleted_and_created_again_is_reconciled() {
     cluster.create(application("two", 1));
     cluster.create(machine("0", "i0", &["one"]));
     let _ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
     let first_uid = cluster.machine("0")["metadata"]["uid"].clone();
 
     cluster.delete("machines", "0");
     cluster.create(machine("0", "i0", &["two"]));
     assert_ne!(cluster.machine("0")["metadata"]["uid"], first_uid);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-two-1"], Duration::from_secs(10));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-two-1"],
+        Duration::from_secs(10),
+    );
     wait_until("the new object's status", Duration::from_secs(10), || {
         let s = cluster.status("0");
         s["phase"] == "Applied" && s["profiles"][2] == "juju-m-two-1"
     });
     // The profile nothing expects any more goes.
-    wait_until("juju-m-one-1 to be deleted", Duration::from_secs(10), || {
-        lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_err()
-    });
+    wait_until(
+        "juju-m-one-1 to be deleted",
+        Duration::from_secs(10),
+        || lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_err(),
+    );
 }
 
 #[test]
@@ -305,7 +350,12 @@ fn a_410_in_the_middle_of_a_watch_loses_nothing() {
     cluster.create(application("two", 1));
     cluster.create(machine("0", "i0", &["one"]));
     let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
     let lists = cluster.lists("machines");
 
     // The watches drop; meanwhile objects change and the history is compacted past the
@@ -325,12 +375,30 @@ fn a_410_in_the_middle_of_a_watch_loses_nothing() {
     cluster.api.compact();
     cluster.clear_fault();
 
-    expect(&lxd, "i1", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
-    expect(&lxd, "i2", &["default", "juju-m", "juju-m-two-1"], Duration::from_secs(10));
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-two-1"], Duration::from_secs(10));
+    expect(
+        &lxd,
+        "i1",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+    expect(
+        &lxd,
+        "i2",
+        &["default", "juju-m", "juju-m-two-1"],
+        Duration::from_secs(10),
+    );
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-two-1"],
+        Duration::from_secs(10),
+    );
     assert!(cluster.lists("machines") > lists, "no relist after the 410");
     let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
-    assert!(log.contains("watch version expired (410): listing again kind=Machine"), "{log}");
+    assert!(
+        log.contains("watch version expired (410): listing again kind=Machine"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -343,7 +411,9 @@ fn watches_cut_every_2s_for_20s_still_converge_without_duplicate_writes() {
     let cluster = Cluster::new();
     cluster.create(application("one", 1));
     let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
-    wait_until("ready", Duration::from_secs(30), || ctl.daemon.get("/readyz").0 == 200);
+    wait_until("ready", Duration::from_secs(30), || {
+        ctl.daemon.get("/readyz").0 == 200
+    });
 
     let start = Instant::now();
     let mut next_cut = Duration::from_secs(2);
@@ -351,7 +421,11 @@ fn watches_cut_every_2s_for_20s_still_converge_without_duplicate_writes() {
     while start.elapsed() < Duration::from_secs(20) {
         // A machine about every 2 s, between the cuts.
         if created < N && start.elapsed() >= Duration::from_millis(2000 * created as u64 + 1000) {
-            cluster.create(machine(&created.to_string(), &format!("i{created}"), &["one"]));
+            cluster.create(machine(
+                &created.to_string(),
+                &format!("i{created}"),
+                &["one"],
+            ));
             created += 1;
         }
         if start.elapsed() >= next_cut {
@@ -388,36 +462,60 @@ fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
     let a = Controller::start(&lxd, &cluster, "a", &flags);
     let b = Controller::start(&lxd, &cluster, "b", &flags);
 
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
-    wait_until("one leader", Duration::from_secs(10), || a.leads() != b.leads());
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+    wait_until("one leader", Duration::from_secs(10), || {
+        a.leads() != b.leads()
+    });
     let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
     // The standby is ready, its caches are warm, and it writes nothing.
     wait_until("the standby ready", Duration::from_secs(10), || {
         standby.daemon.get("/readyz").0 == 200
     });
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(10),
+    );
     assert!(leader.lxd_writes() > 0.0);
     assert_eq!(standby.lxd_writes(), 0.0);
     wait_until("machine 9 in Error", Duration::from_secs(10), || {
         cluster.status("9")["phase"] == "Error"
     });
     wait_until("an Event for machine 9", Duration::from_secs(10), || {
-        cluster.api.list("v1", "events", Some(NS)).iter().any(|e| {
-            e["involvedObject"]["name"] == "9" && e["type"] == "Warning"
-        })
+        cluster
+            .api
+            .list("v1", "events", Some(NS))
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "9" && e["type"] == "Warning")
     });
 
     // The leader dies without releasing: the standby leads once the lease expires.
     let killed = Instant::now();
     leader.daemon.child.kill().expect("kill");
     let _ = leader.wait_exit(Duration::from_secs(5));
-    wait_until("the standby to lead", Duration::from_secs(20), || standby.leads());
+    wait_until("the standby to lead", Duration::from_secs(20), || {
+        standby.leads()
+    });
     let took = killed.elapsed();
     eprintln!("takeover after {took:?}");
-    assert!(took <= Duration::from_secs(16), "takeover took {took:?} (lease 15 s)");
+    assert!(
+        took <= Duration::from_secs(16),
+        "takeover took {took:?} (lease 15 s)"
+    );
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(10),
+    );
 
     check_rbac_covers(&cluster.api.requests());
 }
@@ -432,20 +530,42 @@ fn sigterm_drains_releases_the_lease_and_exits_zero() {
     let flags = ["--leader-elect"];
     let a = Controller::start(&lxd, &cluster, "a", &flags);
     let b = Controller::start(&lxd, &cluster, "b", &flags);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
-    wait_until("one leader", Duration::from_secs(10), || a.leads() != b.leads());
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+    wait_until("one leader", Duration::from_secs(10), || {
+        a.leads() != b.leads()
+    });
     let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
 
     let stopped = Instant::now();
     let pid = leader.daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let exit = leader.wait_exit(Duration::from_secs(10)).expect("exit after SIGTERM");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let exit = leader
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit after SIGTERM");
     assert!(exit.success(), "{exit:?}");
     // Released, not left to expire: the standby leads within a renew period or two.
-    wait_until("the standby to lead", Duration::from_secs(6), || standby.leads());
+    wait_until("the standby to lead", Duration::from_secs(6), || {
+        standby.leads()
+    });
     eprintln!("standby leads {:?} after SIGTERM", stopped.elapsed());
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(10),
+    );
 }
 
 #[test]
@@ -457,7 +577,12 @@ fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
     cluster.create(machine("0", "i0", &["one"]));
     let flags = ["--leader-elect"];
     let mut leader = Controller::start(&lxd, &cluster, "leader", &flags);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
     wait_until("leading", Duration::from_secs(10), || leader.leads());
 
     // Unreachable for 3 s: the leader's next renew fails, it stops writing and exits.
@@ -468,7 +593,10 @@ fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
     let Some(exit) = exit else {
         panic!("the leader still runs 3 s after the API server went away");
     };
-    assert!(!exit.success(), "exit {exit:?}: leaving the lead must not look like success");
+    assert!(
+        !exit.success(),
+        "exit {exit:?}: leaving the lead must not look like success"
+    );
     eprintln!("stepped down after {took:?}");
     // Its last words say why.
     let log = std::fs::read_to_string(&leader.log).unwrap_or_default();
@@ -480,7 +608,12 @@ fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
     assert_eq!(profiles(&lxd, "i0"), ["default"]);
     // A new replica leads (the old lease expires) and corrects it.
     let fresh = Controller::start(&lxd, &cluster, "fresh", &flags);
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(30));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
     assert!(fresh.leads());
 }
 
@@ -514,7 +647,12 @@ fn kubectl_apply_of_an_edited_machine_converges() {
     });
     assert_eq!(profiles(&lxd, "i0"), ["default", "juju-m"]);
     kubectl(&cluster.kubeconfig(), &write("m.yaml", &m("one")));
-    expect(&lxd, "i0", &["default", "juju-m", "juju-m-one-1"], Duration::from_secs(10));
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(10),
+    );
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
@@ -545,10 +683,17 @@ fn kubectl(kubeconfig: &Path, file: &Path) {
 /// deploy/kubernetes (ClusterRole for the kinds and events, Role for the Lease).
 fn check_rbac_covers(requests: &[Request]) {
     let out = Command::new("kubectl")
-        .args(["kustomize", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes")])
+        .args([
+            "kustomize",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes"),
+        ])
         .output()
         .unwrap_or_else(|e| panic!("kubectl kustomize: {e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // (namespace of a Role, or None for a ClusterRole; its rules)
     let mut roles: Vec<(Option<String>, Vec<Value>)> = Vec::new();
@@ -557,7 +702,9 @@ fn check_rbac_covers(requests: &[Request]) {
         let rules = v["rules"].as_array().cloned().unwrap_or_default();
         match v["kind"].as_str() {
             Some("ClusterRole") => roles.push((None, rules)),
-            Some("Role") => roles.push((v["metadata"]["namespace"].as_str().map(Into::into), rules)),
+            Some("Role") => {
+                roles.push((v["metadata"]["namespace"].as_str().map(Into::into), rules))
+            }
             _ => {}
         }
     }
@@ -585,7 +732,11 @@ fn check_rbac_covers(requests: &[Request]) {
                         }
                 })
         });
-        assert!(allowed, "RBAC does not allow {a:?} ({} {})", r.method, r.path);
+        assert!(
+            allowed,
+            "RBAC does not allow {a:?} ({} {})",
+            r.method, r.path
+        );
         checked += 1;
     }
     assert!(checked > 0);
@@ -595,4 +746,47 @@ fn check_rbac_covers(requests: &[Request]) {
         .map(|a| format!("{} {}", a.verb, a.rbac_resource()))
         .collect();
     eprintln!("RBAC covers {checked} requests: {verbs:?}");
+}
+
+#[test]
+fn with_a_namespace_other_namespaces_are_not_touched() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    lxd.empty_instance("i1");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let mut other = machine("1", "i1", &["one"]);
+    other["metadata"]["namespace"] = json!("other");
+    cluster.create(other);
+    let ctl = Controller::start(&lxd, &cluster, "ctl", &["--namespace", NS]);
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+    wait_until("status of m/0", Duration::from_secs(10), || {
+        cluster.status("0")["phase"] == "Applied"
+    });
+    // Listed and watched in `m` only: nothing read, written or reconciled in `other`.
+    assert_eq!(profiles(&lxd, "i1"), ["default"]);
+    let outside: Vec<Request> = cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.resource
+                .as_ref()
+                .is_some_and(|a| a.namespace.as_deref() != Some(NS) && a.resource != "leases")
+        })
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
+    assert!(
+        cluster
+            .api
+            .get(API, "machines", "other", "1")
+            .is_some_and(|m| m.get("status").is_none())
+    );
+    drop(ctl);
 }

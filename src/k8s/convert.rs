@@ -44,7 +44,10 @@ pub fn resource(kind: Kind, obj: &Value) -> Result<Resource, Vec<Problem>> {
         None => format!("kubernetes:{}", kind.plural()),
     };
     let mut trimmed = Map::new();
-    trimmed.insert("apiVersion".into(), Value::String(crate::resource::API_VERSION.into()));
+    trimmed.insert(
+        "apiVersion".into(),
+        Value::String(crate::resource::API_VERSION.into()),
+    );
     trimmed.insert("kind".into(), Value::String(kind.as_str().into()));
     if let Some(Value::Object(meta)) = obj.get("metadata") {
         let kept: Map<String, Value> = meta
@@ -101,7 +104,10 @@ mod tests {
 
     #[test]
     fn bookkeeping_fields_do_not_reach_the_resource() {
-        let a = resource(Kind::Machine, &machine(json!({"instance": "i", "applications": []})));
+        let a = resource(
+            Kind::Machine,
+            &machine(json!({"instance": "i", "applications": []})),
+        );
         let mut obj = machine(json!({"instance": "i", "applications": []}));
         obj["metadata"]["resourceVersion"] = json!("18");
         obj["status"]["phase"] = json!("Error");
@@ -137,7 +143,10 @@ mod tests {
     #[test]
     fn a_bad_spec_is_reported_at_the_object() {
         let errs = resource(Kind::Machine, &machine(json!({"instanse": "i"}))).unwrap_err();
-        assert!(errs[0].to_string().starts_with("kubernetes:machines/m/0"), "{errs:?}");
+        assert!(
+            errs[0].to_string().starts_with("kubernetes:machines/m/0"),
+            "{errs:?}"
+        );
         assert!(errs[0].message.contains("instanse"), "{errs:?}");
     }
 }

@@ -64,7 +64,11 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 impl KubeStatus {
     /// The store and its writer. Nothing is sent while `fence` is closed.
-    pub fn new(client: kube::Client, fence: WriteFence, identity: &str) -> (Arc<Self>, StatusWriter) {
+    pub fn new(
+        client: kube::Client,
+        fence: WriteFence,
+        identity: &str,
+    ) -> (Arc<Self>, StatusWriter) {
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Arc::new(KubeStatus {
             state: Mutex::new(State::default()),
@@ -297,7 +301,10 @@ mod tests {
         let c = KubeStatus::with_conditions(&status(Phase::Error), Some(&old));
         assert_ne!(c.conditions[0].last_transition_time, "then");
         assert_eq!(
-            (c.conditions[0].status.as_str(), c.conditions[0].reason.as_str()),
+            (
+                c.conditions[0].status.as_str(),
+                c.conditions[0].reason.as_str()
+            ),
             ("False", "Error")
         );
     }

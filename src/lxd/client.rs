@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::endpoint::Endpoint;
-use crate::fence::WriteFence;
 use super::error::LxdError;
 use super::tls;
 use super::types::{
     Instance, Profile, ProfileContent, ProjectInfo, ServerInfo, WireProfile, WireServer,
     encode_component,
 };
+use crate::fence::WriteFence;
 
 /// The per-request timeout unless `with_timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

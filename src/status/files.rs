@@ -68,7 +68,6 @@ impl StatusFiles {
     pub fn path(&self, key: &ResourceKey) -> PathBuf {
         path_of(&self.dir, key)
     }
-
 }
 
 impl StatusStore for StatusFiles {

@@ -323,4 +323,19 @@ mod tests {
         assert!(d.upsert(machine("0", "a")).is_empty());
         assert_eq!(d.upsert(machine("0", "a, b")).len(), 1);
     }
+
+    #[test]
+    fn a_new_generation_uid_or_label_is_a_change_and_is_kept() {
+        let mut d = Desired::default();
+        d.upsert(machine("0", "a"));
+        let mut relabelled = machine("0", "a");
+        if let Resource::Machine(w) = &mut relabelled {
+            w.metadata.labels.insert("team".into(), "x".into());
+            w.metadata.generation = Some(2);
+        }
+        assert_eq!(d.upsert(relabelled.clone()).len(), 1);
+        let key = relabelled.key();
+        assert_eq!(d.workload(&key).unwrap().metadata.generation, Some(2));
+        assert!(d.upsert(relabelled).is_empty());
+    }
 }
