@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test bench lxd test-deps k8s-tools build check-tools install
+.PHONY: run run-kubernetes test bench lxd test-deps k8s-tools build check-tools install
 
 ## Bring up a local LXD (installs Debian's lxd as root when none answers).
 lxd:
@@ -19,8 +19,8 @@ k8s-tools:
 ## Every test: formatting, lints, unit and real-LXD integration tests.
 test: lxd test-deps k8s-tools check-tools
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --lib --bins --tests
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --lib --bins --tests
 
 ## Benchmarks (not part of make test): make bench, or make bench ARGS="--quick",
 ## ARGS="--instances 500". Prints a Markdown table, writes target/bench/results.json.
@@ -35,6 +35,12 @@ build:
 run: lxd build
 	bash scripts/demo.sh
 
+## The same demo with the examples as custom resources on a fake API server (no cluster
+## needed; kubectl talks to it): kubectl edit machine 0 -n demo, and LXD follows.
+run-kubernetes: lxd k8s-tools
+	$(CARGO) build --workspace --bins
+	bash scripts/demo.sh kubernetes
+
 check-tools:
 	@command -v $(CARGO) >/dev/null || { echo "cargo is not installed: install Rust (rustup) first" >&2; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
@@ -43,7 +49,8 @@ check-tools:
 ## Install as a systemd service: make install [PREFIX=/usr/local] [DESTDIR=]
 ## The binary to $(PREFIX)/bin, the unit to $(UNITDIR) (ExecStart follows PREFIX), and,
 ## only where they do not exist yet, /etc/default/lxd-mutater and /etc/lxd-mutater/resources/
-## (the examples): an operator's settings and resources are never overwritten.
+## (with the examples as *.yaml.example, which the controller does not read until renamed):
+## an operator's settings and resources are never overwritten.
 ## NOBUILD=1 BIN=path installs a binary already built. Runs no systemctl.
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -71,9 +78,11 @@ endif
 		echo "kept $(DESTDIR)/etc/lxd-mutater/resources/ (yours)"; \
 	else \
 		install -d -m 0755 "$(DESTDIR)/etc/lxd-mutater/resources"; \
-		install -m 0644 examples/*.yaml "$(DESTDIR)/etc/lxd-mutater/resources/"; \
-		echo "installed the examples in $(DESTDIR)/etc/lxd-mutater/resources/: they describe"; \
-		echo "the demo's model (instances juju-demo-*): replace them with your own resources"; \
+		for f in examples/*.yaml; do \
+			install -m 0644 "$$f" "$(DESTDIR)/etc/lxd-mutater/resources/$$(basename "$$f").example"; \
+		done; \
+		echo "installed $(DESTDIR)/etc/lxd-mutater/resources/ with the examples as *.yaml.example:"; \
+		echo "inert until renamed to *.yaml (they describe the demo's model, instances juju-demo-*)"; \
 	fi
 	@echo
 	@echo "Then: systemctl daemon-reload && systemctl enable --now lxd-mutater"

@@ -48,7 +48,7 @@ pub enum Command {
     /// list with one PATCH, deletes owned profiles nothing uses any more.
     /// Statuses go to --state-dir, never into the resource files (on Kubernetes: to the
     /// status subresource).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what `run` would change, and change nothing.
     ///
     /// Exit code: 0 in sync, 2 drift, 1 error.
@@ -220,7 +220,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { paths } => validate(&paths),
         Command::Crds => crds(),
-        Command::Run(args) => runtime(crate::run::run(args)),
+        Command::Run(args) => runtime(crate::run::run(*args)),
         Command::Diff(args) => runtime(crate::run::diff(args.lxd, args.resources)),
         Command::Get(args) => crate::run::get(args),
     }

@@ -88,6 +88,8 @@ fn collapse_string_enum(map: &mut serde_json::Map<String, Value>) {
 }
 
 /// `spec` of an Application: a charm deployed in a model, and its LXD profile.
+// Several `printcolumn(...)` share keys by design; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "lxdmutater.dev",
@@ -114,6 +116,8 @@ pub struct ApplicationCrdSpec {
 
 /// `spec` of a Machine: an LXD virtual machine or container that Juju provisioned, and
 /// the applications with units on it.
+// Several `printcolumn(...)` share keys by design; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "lxdmutater.dev",
@@ -141,6 +145,8 @@ pub struct MachineCrdSpec {
 
 /// `spec` of a Container: an LXD container on a Machine, and the applications with units
 /// on it.
+// Several `printcolumn(...)` share keys by design; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "lxdmutater.dev",

@@ -753,7 +753,12 @@ fn make_install_puts_everything_in_place_and_never_overwrites_the_operators_file
     assert_eq!(defaults, read("deploy/systemd/lxd-mutater.default"));
     let resources = root.join("etc/lxd-mutater/resources");
     for example in examples() {
-        let installed = resources.join(example.file_name().expect("a name"));
+        // Inert until the operator renames it: the controller reads *.yaml and *.yml only.
+        let name = format!(
+            "{}.example",
+            example.file_name().expect("a name").to_string_lossy()
+        );
+        let installed = resources.join(name);
         assert_eq!(
             std::fs::read(&installed).expect("an installed example"),
             std::fs::read(&example).expect("the example")
@@ -766,7 +771,7 @@ fn make_install_puts_everything_in_place_and_never_overwrites_the_operators_file
     std::fs::write(&default_path, settings).expect("edit the settings");
     let mine = resources.join("machines.yaml");
     std::fs::write(&mine, "# my own machines\n").expect("edit a resource");
-    let removed = resources.join("applications.yaml");
+    let removed = resources.join("applications.yaml.example");
     std::fs::remove_file(&removed).expect("remove an example");
     std::fs::write(&unit_path, "stale").expect("age the unit");
 
@@ -794,7 +799,7 @@ fn make_install_puts_everything_in_place_and_never_overwrites_the_operators_file
     assert!(root.join("usr/bin/lxd-mutater").is_file());
 }
 
-/// Every `LXD_MUTATER_*` name in `text`.
+/// Every `LXD_MUTATER_<FLAG>` name in `text` (not the bare prefix, as in "LXD_MUTATER_*").
 fn setting_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (start, _) in text.match_indices("LXD_MUTATER_") {
@@ -802,7 +807,9 @@ fn setting_names(text: &str) -> BTreeSet<String> {
             .chars()
             .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
             .collect();
-        names.insert(name);
+        if !name.ends_with('_') {
+            names.insert(name);
+        }
     }
     names
 }
