@@ -183,8 +183,13 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("no Kubernetes configuration (in-cluster, or $KUBECONFIG)")?;
     let kube_client = kube::Client::try_from(config.clone()).context("Kubernetes client")?;
+    // kube retries 429/503/504 for minutes by default. Status writes have their own
+    // retry, which yields to newer statuses; the lease must fail fast (below).
+    let mut direct = config.clone();
+    direct.default_retry = false;
+    let status_client = kube::Client::try_from(direct).context("Kubernetes client")?;
     let identity = leader::default_identity();
-    let (status, writer) = KubeStatus::new(kube_client.clone(), fence.clone(), &identity);
+    let (status, writer) = KubeStatus::new(status_client, fence.clone(), &identity);
     let ctl = Controller::new(lxd, status.clone(), options(&args, names), &telemetry);
     let http = serve(&args.listen, &ctl, &telemetry).await?;
     let mut tasks = start_lxd(&ctl, args.resync).await?;
@@ -202,6 +207,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let leader = if args.leader_elect {
         // The lease's own client gives up quickly: a renew that hangs has failed.
         let mut lease_config = config;
+        lease_config.default_retry = false;
         lease_config.connect_timeout = Some(args.lease_renew);
         lease_config.read_timeout = Some(args.lease_renew);
         lease_config.write_timeout = Some(args.lease_renew);

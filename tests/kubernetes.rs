@@ -570,6 +570,16 @@ fn sigterm_drains_releases_the_lease_and_exits_zero() {
 
 #[test]
 fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
+    leader_steps_down_on(Fault::Unreachable);
+}
+
+#[test]
+fn a_leader_whose_api_server_answers_503_stops_and_exits() {
+    // kube's client retries a 503 for minutes by default: the lease must not.
+    leader_steps_down_on(Fault::ServiceUnavailable);
+}
+
+fn leader_steps_down_on(fault: Fault) {
     let lxd = TestProject::new();
     lxd.empty_instance("i0");
     let cluster = Cluster::new();
@@ -587,7 +597,7 @@ fn a_leader_cut_off_from_the_api_server_stops_and_exits() {
 
     // Unreachable for 3 s: the leader's next renew fails, it stops writing and exits.
     let cut = Instant::now();
-    cluster.fault(Fault::Unreachable);
+    cluster.fault(fault);
     let exit = leader.wait_exit(Duration::from_secs(3));
     let took = cut.elapsed();
     let Some(exit) = exit else {
