@@ -108,6 +108,11 @@ async fn run_files(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(root) = args.resources.clone() else {
         anyhow::bail!("--resources DIR is required with --source files");
     };
+    anyhow::ensure!(
+        !args.leader_elect && args.namespace.is_none(),
+        "--leader-elect and --namespace need --source kubernetes (with files, run one \
+         controller per resources directory)"
+    );
     let telemetry = Arc::new(Telemetry::new());
     let (lxd, names) = client(&args.lxd, &telemetry)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -165,6 +170,12 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         !args.once,
         "--once works with --source files only (a pass over the custom resources is `run` \
          until every status is Applied)"
+    );
+    anyhow::ensure!(
+        args.lease_renew < args.lease_duration,
+        "--lease-renew ({:?}) must be shorter than --lease-duration ({:?})",
+        args.lease_renew,
+        args.lease_duration
     );
     if args.resources.is_some() {
         warn!("--resources is ignored with --source kubernetes");

@@ -800,3 +800,53 @@ fn with_a_namespace_other_namespaces_are_not_touched() {
     );
     drop(ctl);
 }
+
+#[test]
+fn flags_that_do_not_go_together_are_refused_with_a_reason() {
+    let run = |args: &[&str], kubeconfig: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+            .arg("run")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run the binary");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let res = dir.path().to_str().expect("utf-8");
+    let (code, err) = run(&["--resources", res, "--leader-elect"], "/nonexistent");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--leader-elect and --namespace need --source kubernetes"),
+        "{err}"
+    );
+    let (code, err) = run(&["--source", "kubernetes", "--once"], "/nonexistent");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--once works with --source files only"),
+        "{err}"
+    );
+    let (code, err) = run(
+        &[
+            "--source",
+            "kubernetes",
+            "--lease-duration",
+            "2s",
+            "--lease-renew",
+            "5s",
+        ],
+        "/nonexistent",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("must be shorter than --lease-duration"),
+        "{err}"
+    );
+    let (code, err) = run(&["--source", "kubernetes"], "/nonexistent/kubeconfig");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no Kubernetes configuration"), "{err}");
+}
