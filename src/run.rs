@@ -201,6 +201,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let status_client = kube::Client::try_from(direct).context("Kubernetes client")?;
     let identity = leader::default_identity();
     let (status, writer) = KubeStatus::new(status_client, fence.clone(), &identity);
+    let statuses = status.clone();
     let ctl = Controller::new(lxd, status.clone(), options(&args, names), &telemetry);
     let http = serve(&args.listen, &ctl, &telemetry).await?;
     let mut tasks = start_lxd(&ctl, args.resync).await?;
@@ -254,6 +255,8 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
+    // What was decided while standing by (invalid objects' statuses) goes out now.
+    statuses.flush();
     ctl.enqueue_all();
     let workers = tokio::spawn(run_workers(ctl.clone(), false));
     match &leader {

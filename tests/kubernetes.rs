@@ -850,3 +850,75 @@ fn flags_that_do_not_go_together_are_refused_with_a_reason() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no Kubernetes configuration"), "{err}");
 }
+
+#[test]
+fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    lxd.empty_instance("i5");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    cluster.create(machine("5", "bad_name!", &["one"]));
+    let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+
+    // Never valid: status Error with the field and the reason, and a Warning Event.
+    wait_until("machine 5 in Error", Duration::from_secs(10), || {
+        cluster.status("5")["phase"] == "Error"
+    });
+    let message = cluster.status("5")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.starts_with("cannot upgrade machine's lxd profile: invalid spec: spec.instance:"),
+        "{message}"
+    );
+    let events = |name: &str, reason: &str| {
+        cluster
+            .api
+            .list("v1", "events", Some(NS))
+            .iter()
+            .filter(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
+            .count()
+    };
+    wait_until("an InvalidSpec event", Duration::from_secs(10), || {
+        events("5", "InvalidSpec") == 1
+    });
+    assert_eq!(ctl.metric("lxd_mutater_source_errors"), 1.0);
+
+    // A good object edited into a bad one keeps its last good version: LXD unchanged,
+    // status unchanged, an event says why the edit is not applied.
+    cluster.patch_spec(
+        "machines",
+        "0",
+        json!({"instance": "bad_name!", "applications": []}),
+    );
+    wait_until("an InvalidSpec event on 0", Duration::from_secs(10), || {
+        events("0", "InvalidSpec") == 1
+    });
+    assert_eq!(cluster.status("0")["phase"], "Applied");
+    assert_eq!(profiles(&lxd, "i0"), ["default", "juju-m", "juju-m-one-1"]);
+
+    // Mended: managed again.
+    cluster.patch_spec("machines", "5", json!({"instance": "i5"}));
+    expect(
+        &lxd,
+        "i5",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(10),
+    );
+    wait_until("machine 5 Applied", Duration::from_secs(10), || {
+        cluster.status("5")["phase"] == "Applied"
+    });
+    assert_eq!(events("5", "InvalidSpec"), 1);
+    wait_until("one broken object left", Duration::from_secs(5), || {
+        ctl.metric("lxd_mutater_source_errors") == 1.0
+    });
+}

@@ -73,7 +73,17 @@ pub fn resource(kind: Kind, obj: &Value) -> Result<Resource, Vec<Problem>> {
     };
     let mut parsed = parse_str(&origin, &text);
     if !parsed.errors.is_empty() {
-        return Err(parsed.errors);
+        // Lines of the text written here would mean nothing to the object's author: the
+        // message names the field.
+        return Err(parsed
+            .errors
+            .into_iter()
+            .map(|p| Problem {
+                line: 0,
+                column: 0,
+                ..p
+            })
+            .collect());
     }
     match parsed.resources.pop() {
         Some(located) if parsed.resources.is_empty() => Ok(located.resource),

@@ -188,12 +188,32 @@ impl<L: LxdApi + 'static> Source<L> {
         match convert::resource(kind, obj) {
             Ok(resource) => {
                 self.set_broken(&key, false);
+                self.status.valid(&key);
                 self.ctl.change(vec![resource], &[]);
             }
             Err(problems) => {
+                let has_good_version = {
+                    let d = self
+                        .ctl
+                        .desired
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match kind {
+                        Kind::Application => d.application(&key.namespace, &key.name).is_some(),
+                        Kind::Machine | Kind::Container => d.workload(&key).is_some(),
+                    }
+                };
                 for p in &problems {
-                    warn!("{p} (the object's last good version is kept)");
+                    if has_good_version {
+                        warn!("{p} (the object's last good version is kept)");
+                    } else {
+                        warn!("{p}");
+                    }
                 }
+                let generation = obj.pointer("/metadata/generation").and_then(Value::as_u64);
+                let message: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+                self.status
+                    .report_invalid(&key, generation, &message.join("; "), has_good_version);
                 self.set_broken(&key, true);
             }
         }

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::fence::WriteFence;
 use crate::resource::{Condition, Kind, Phase, ResourceKey, Status};
-use crate::status::StatusStore;
+use crate::status::{ERROR_PREFIX, StatusStore};
 
 /// The condition type this controller maintains.
 pub const READY: &str = "Ready";
@@ -35,6 +35,21 @@ struct State {
     stored: HashMap<ResourceKey, Stored>,
     /// Decided and not yet sent.
     pending: HashMap<ResourceKey, Status>,
+    /// Objects that do not load, and the generation last reported (once each).
+    invalid: HashMap<ResourceKey, Option<u64>>,
+}
+
+/// What the writer task sends.
+#[derive(Debug)]
+enum Job {
+    /// The pending status of a key.
+    Status(ResourceKey),
+    /// A Warning Event on an object.
+    Event {
+        key: ResourceKey,
+        reason: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -46,14 +61,14 @@ struct Stored {
 /// The status subresource as a `StatusStore`.
 pub struct KubeStatus {
     state: Mutex<State>,
-    tx: mpsc::UnboundedSender<ResourceKey>,
+    tx: mpsc::UnboundedSender<Job>,
 }
 
 /// The task that sends the queued patches (run it with `run`).
 pub struct StatusWriter {
     client: kube::Client,
     store: Arc<KubeStatus>,
-    rx: mpsc::UnboundedReceiver<ResourceKey>,
+    rx: mpsc::UnboundedReceiver<Job>,
     fence: WriteFence,
     identity: String,
 }
@@ -89,6 +104,62 @@ impl KubeStatus {
         lock(&self.state)
             .stored
             .insert(key.clone(), Stored { status, uid });
+    }
+
+    /// Sends every status held back while this replica did not lead (call it once it
+    /// leads).
+    pub fn flush(&self) {
+        let keys: Vec<ResourceKey> = lock(&self.state).pending.keys().cloned().collect();
+        for key in keys {
+            let _ = self.tx.send(Job::Status(key));
+        }
+    }
+
+    /// An object that does not load (its problems in `message`): a Warning Event, once
+    /// per generation; and, for a Machine or Container that has no good version to keep
+    /// managing, status Error with the reason. One that has a good version keeps it (as a
+    /// file that stops parsing does), and its status keeps describing that version.
+    pub fn report_invalid(
+        &self,
+        key: &ResourceKey,
+        generation: Option<u64>,
+        message: &str,
+        has_good_version: bool,
+    ) {
+        {
+            let mut s = lock(&self.state);
+            if s.invalid.get(key) == Some(&generation) {
+                return;
+            }
+            s.invalid.insert(key.clone(), generation);
+        }
+        let message = format!("{ERROR_PREFIX}invalid spec: {message}");
+        if has_status(key.kind) && !has_good_version {
+            let outcome = crate::status::Outcome {
+                phase: Phase::Error,
+                message: message.clone(),
+                profiles: None,
+                drift: None,
+            };
+            let prev = self.get(key);
+            let status = crate::status::next(
+                prev.as_ref(),
+                &outcome,
+                generation.unwrap_or(0),
+                &crate::status::now(),
+            );
+            let _ = self.write(key, &serde_json::Value::Null, &status);
+        }
+        let _ = self.tx.send(Job::Event {
+            key: key.clone(),
+            reason: "InvalidSpec",
+            message,
+        });
+    }
+
+    /// The object loads again.
+    pub fn valid(&self, key: &ResourceKey) {
+        lock(&self.state).invalid.remove(key);
     }
 
     /// Adds the Ready condition to `status`, given the previous one.
@@ -138,7 +209,7 @@ impl StatusStore for KubeStatus {
         }
         lock(&self.state).pending.insert(key.clone(), new);
         // The writer lives as long as the process; a send after it is gone is moot.
-        let _ = self.tx.send(key.clone());
+        let _ = self.tx.send(Job::Status(key.clone()));
         Ok(true)
     }
 
@@ -146,15 +217,39 @@ impl StatusStore for KubeStatus {
         let mut s = lock(&self.state);
         s.stored.remove(key);
         s.pending.remove(key);
+        s.invalid.remove(key);
     }
 }
 
 impl StatusWriter {
-    /// Sends queued statuses until the process ends. A failed patch is retried after a
-    /// pause unless a newer status superseded it; a missing object is dropped.
+    /// Sends queued statuses and events until the process ends. While the fence is
+    /// closed nothing is sent: statuses stay pending (for `flush`), events are dropped.
+    /// A failed patch is retried after a pause unless a newer status superseded it; a
+    /// missing object is dropped.
     pub async fn run(mut self) {
         let mut delay = Duration::from_millis(200);
-        while let Some(key) = self.rx.recv().await {
+        while let Some(job) = self.rx.recv().await {
+            let key = match job {
+                Job::Status(key) => key,
+                Job::Event {
+                    key,
+                    reason,
+                    message,
+                } => {
+                    if self.fence.is_open() {
+                        let uid = lock(&self.store.state)
+                            .stored
+                            .get(&key)
+                            .and_then(|s| s.uid.clone());
+                        self.event(&key, uid.as_deref(), reason, &message).await;
+                    }
+                    continue;
+                }
+            };
+            if !self.fence.is_open() {
+                debug!(resource = %key, "not the leader: status held back");
+                continue;
+            }
             let (status, before) = {
                 let mut s = lock(&self.store.state);
                 let Some(status) = s.pending.remove(&key) else {
@@ -162,10 +257,6 @@ impl StatusWriter {
                 };
                 (status, s.stored.get(&key).cloned().unwrap_or_default())
             };
-            if !self.fence.is_open() {
-                debug!(resource = %key, "not the leader: status not sent");
-                continue;
-            }
             match self.patch(&key, &status).await {
                 Ok(()) => {
                     delay = Duration::from_millis(200);
@@ -178,9 +269,15 @@ impl StatusWriter {
                             uid: before.uid.clone(),
                         },
                     );
-                    if into_error {
-                        self.event(&key, before.uid.as_deref(), &status.message)
-                            .await;
+                    // An invalid spec has its own event.
+                    if into_error && !status.message.contains("invalid spec: ") {
+                        self.event(
+                            &key,
+                            before.uid.as_deref(),
+                            "ReconcileError",
+                            &status.message,
+                        )
+                        .await;
                     }
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -188,15 +285,15 @@ impl StatusWriter {
                 }
                 Err(e) => {
                     warn!(resource = %key, error = %e, "cannot write status; retrying in {delay:?}");
-                    {
-                        let mut s = lock(&self.store.state);
-                        s.pending.entry(key.clone()).or_insert(status);
-                    }
+                    lock(&self.store.state)
+                        .pending
+                        .entry(key.clone())
+                        .or_insert(status);
                     let tx = self.store.tx.clone();
                     let wait = delay;
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
-                        let _ = tx.send(key);
+                        let _ = tx.send(Job::Status(key));
                     });
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -227,7 +324,7 @@ impl StatusWriter {
 
     /// A Warning Event on the object (core/v1, what `kubectl describe` shows). Failing
     /// to post one is logged and otherwise ignored.
-    async fn event(&self, key: &ResourceKey, uid: Option<&str>, message: &str) {
+    async fn event(&self, key: &ResourceKey, uid: Option<&str>, reason: &str, message: &str) {
         use k8s_openapi::api::core::v1::Event;
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
@@ -246,7 +343,7 @@ impl StatusWriter {
                 "uid": uid,
             },
             "type": "Warning",
-            "reason": "ReconcileError",
+            "reason": reason,
             "message": message,
             "count": 1,
             "source": {"component": MANAGER},
