@@ -39,6 +39,10 @@ pub struct Options {
     pub names: ProfileNames,
     /// A reconcile running longer is abandoned, counted, and retried with backoff.
     pub reconcile_timeout: Duration,
+    /// Only this namespace's resources are known (`--namespace`): unused profiles are
+    /// collected only when their name is one of this namespace's charm profiles, so that
+    /// controllers of other namespaces on the same LXD keep theirs.
+    pub namespace: Option<String>,
 }
 
 impl Options {
@@ -52,6 +56,7 @@ impl Options {
             backoff: BackoffConfig::default(),
             names,
             reconcile_timeout: Duration::from_secs(60),
+            namespace: None,
         }
     }
 }
@@ -485,16 +490,20 @@ impl<L: LxdApi> Controller<L> {
             return;
         }
         let expected = self.expected_everywhere();
-        let doomed: Vec<String> = read(&self.observed)
-            .profiles()
-            .filter(|(name, p)| {
-                p.owned
-                    && p.used_by.is_empty()
-                    && self.opts.names.is_charm_profile(name)
-                    && !expected.contains(name.as_str())
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        let doomed: Vec<String> =
+            read(&self.observed)
+                .profiles()
+                .filter(|(name, p)| {
+                    p.owned
+                        && p.used_by.is_empty()
+                        && self.opts.names.is_charm_profile(name)
+                        && !expected.contains(name.as_str())
+                        && self.opts.namespace.as_deref().is_none_or(|ns| {
+                            self.opts.names.parse_charm_profile(name, ns).is_some()
+                        })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
         for name in doomed {
             let object = Object::Profile(name.clone());
             write(&self.observed).expect_echo(object.clone());

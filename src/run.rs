@@ -100,6 +100,7 @@ fn options(args: &RunArgs, names: ProfileNames) -> Options {
             cap: args.backoff_max,
         },
         reconcile_timeout: args.reconcile_timeout,
+        namespace: args.namespace.clone(),
         ..Options::new(names)
     }
 }
@@ -193,11 +194,16 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster, or $KUBECONFIG)")?;
-    let kube_client = kube::Client::try_from(config.clone()).context("Kubernetes client")?;
-    // kube retries 429/503/504 for minutes by default. Status writes have their own
-    // retry, which yields to newer statuses; the lease must fail fast (below).
+    // kube retries 429/503/504 for minutes by default, out of sight. The source and the
+    // status writer have their own backoff (the writer's yields to newer statuses), and
+    // the lease must fail fast (below).
     let mut direct = config.clone();
     direct.default_retry = false;
+    let kube_client = kube::Client::try_from(direct.clone()).context("Kubernetes client")?;
+    // A status patch that hangs would hold up every other status.
+    direct.connect_timeout = Some(Duration::from_secs(5));
+    direct.read_timeout = Some(Duration::from_secs(15));
+    direct.write_timeout = Some(Duration::from_secs(15));
     let status_client = kube::Client::try_from(direct).context("Kubernetes client")?;
     let identity = leader::default_identity();
     let (status, writer) = KubeStatus::new(status_client, fence.clone(), &identity);
@@ -207,7 +213,8 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = start_lxd(&ctl, args.resync).await?;
     let source = Source::new(ctl.clone(), status, kube_client, args.namespace.clone());
     tasks.extend(source.spawn());
-    tasks.push(tokio::spawn(writer.run()));
+    // Stopped last on SIGTERM, after the workers' final statuses.
+    let writer = tokio::spawn(writer.run());
     info!(
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         identity = %identity,
@@ -238,6 +245,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
             l = join_election(lease_client, &lease, &fence, &telemetry) => l,
             _ = shutdown_signal() => {
                 drain(&ctl, tasks, None).await;
+                writer.abort();
                 return Ok(ExitCode::SUCCESS);
             }
         };
@@ -246,6 +254,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = joined.acquire() => {}
             _ = shutdown_signal() => {
                 drain(&ctl, tasks, None).await;
+                writer.abort();
                 joined.release().await;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -255,29 +264,59 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
+    // Plan nothing before all three kinds are listed: a Machine reconciled before its
+    // Applications are known would be reported in Error for nothing.
+    while !ctl.is_loaded() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = shutdown_signal() => {
+                drain(&ctl, tasks, None).await;
+                writer.abort();
+                if let Some(l) = &leader {
+                    l.release().await;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
     // What was decided while standing by (invalid objects' statuses) goes out now.
     statuses.flush();
     ctl.enqueue_all();
     let workers = tokio::spawn(run_workers(ctl.clone(), false));
-    match &leader {
+    let lost = match &leader {
         Some(l) => {
             tokio::select! {
-                lost = l.hold() => {
-                    // The fence is closed already: nothing more leaves this process.
-                    error!(error = %lost, "no longer the leader: stopping");
-                    ctl.drain();
-                    for t in tasks {
-                        t.abort();
+                lost = l.hold() => Some(lost),
+                _ = shutdown_signal() => {
+                    // Keep renewing while the reconciles in flight finish: the lease must
+                    // not expire under a leader that still writes.
+                    tokio::select! {
+                        lost = l.hold() => Some(lost),
+                        _ = drain(&ctl, tasks, Some(workers)) => None,
                     }
-                    http.abort();
-                    return Ok(ExitCode::from(1));
                 }
-                _ = shutdown_signal() => {}
             }
         }
-        None => shutdown_signal().await,
+        None => {
+            shutdown_signal().await;
+            drain(&ctl, tasks, Some(workers)).await;
+            None
+        }
+    };
+    if let Some(lost) = lost {
+        // The fence is closed already: nothing more leaves this process.
+        error!(error = %lost, "no longer the leader: stopping");
+        ctl.drain();
+        writer.abort();
+        http.abort();
+        return Ok(ExitCode::from(1));
     }
-    drain(&ctl, tasks, Some(workers)).await;
+    // The last statuses, then the lease.
+    let flushed = std::time::Instant::now();
+    while !statuses.is_idle() && flushed.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.abort();
     if let Some(l) = &leader {
         l.release().await;
     }

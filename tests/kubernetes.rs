@@ -299,6 +299,32 @@ fn statuses_follow_generations_without_a_hot_loop() {
         Duration::from_secs(10),
         || cluster.status("0")["profiles"] == json!(["default", "juju-m", "juju-m-one-2"]),
     );
+
+    // A drift by hand: corrected, counted once, and the status ends Applied (not the
+    // Idle written while correcting), Ready again.
+    lxd.lxc(&["profile", "assign", "i0", "default"]);
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-2"],
+        Duration::from_secs(10),
+    );
+    wait_until(
+        "status Applied with the drift recorded",
+        Duration::from_secs(10),
+        || {
+            let s = cluster.status("0");
+            s["phase"] == "Applied" && s["drift"]["count"] == 1
+        },
+    );
+    let patches = cluster.status_patches("0").len();
+    std::thread::sleep(Duration::from_secs(1));
+    let s = cluster.status("0");
+    assert_eq!(
+        (&s["phase"], &s["conditions"][0]["status"]),
+        (&json!("Applied"), &json!("True"))
+    );
+    assert_eq!(cluster.status_patches("0").len(), patches);
 }
 
 #[test]
@@ -365,9 +391,10 @@ fn a_410_in_the_middle_of_a_watch_loses_nothing() {
     // relist can bring them.
     wait_until("the watches to fail", Duration::from_secs(10), || {
         let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
-        ["Machine", "Application"]
-            .iter()
-            .all(|k| log.contains(&format!("watch failed; again in 500ms kind={k}")))
+        ["Machine", "Application"].iter().all(|k| {
+            log.lines()
+                .any(|l| l.contains("watch failed") && l.contains(&format!("kind={k}")))
+        })
     });
     cluster.create(machine("1", "i1", &["one"]));
     cluster.create(machine("2", "i2", &["two"]));
@@ -769,6 +796,13 @@ fn with_a_namespace_other_namespaces_are_not_touched() {
     let mut other = machine("1", "i1", &["one"]);
     other["metadata"]["namespace"] = json!("other");
     cluster.create(other);
+    // Another namespace's charm profile, owned and unused: another controller's, which
+    // this one must leave alone.
+    // And one of m's that nothing expects: collected, which shows the collection ran.
+    for p in ["juju-other-one-1", "juju-m-old-1"] {
+        lxd.lxc(&["profile", "create", p]);
+        lxd.lxc(&["profile", "set", p, "user.lxd-mutater.owner=lxd-mutater"]);
+    }
     let ctl = Controller::start(&lxd, &cluster, "ctl", &["--namespace", NS]);
     expect(
         &lxd,
@@ -792,6 +826,15 @@ fn with_a_namespace_other_namespaces_are_not_touched() {
         })
         .collect();
     assert!(outside.is_empty(), "{outside:?}");
+    wait_until(
+        "m's unused profile to be collected",
+        Duration::from_secs(10),
+        || lxd.try_lxc(&["profile", "show", "juju-m-old-1"]).is_err(),
+    );
+    assert!(
+        lxd.try_lxc(&["profile", "show", "juju-other-one-1"])
+            .is_ok()
+    );
     assert!(
         cluster
             .api

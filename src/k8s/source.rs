@@ -29,6 +29,10 @@ use super::status::KubeStatus;
 const PAGE: u32 = 500;
 /// How long the API server may keep one watch open (it ends it then; we watch again).
 const WATCH_TIMEOUT_SECS: u32 = 290;
+/// A watch that sends nothing for this long (no event, no bookmark, no end) is dropped.
+const SILENT_WATCH: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 30);
+/// A list page or the start of a watch that takes longer failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the three kind watchers share.
 pub struct Source<L: LxdApi> {
@@ -115,8 +119,23 @@ impl<L: LxdApi + 'static> Source<L> {
 
             // Watch until the version is too old (then list again).
             loop {
-                match self.watch(kind, &api, &mut version, &mut known).await {
-                    WatchEnd::Ended => delay.reset(),
+                let started = std::time::Instant::now();
+                let mut events = 0;
+                let end = self
+                    .watch(kind, &api, &mut version, &mut known, &mut events)
+                    .await;
+                // A stream that carried something, or lasted, was healthy: start over.
+                if events > 0 || started.elapsed() > Duration::from_secs(10) {
+                    delay.reset();
+                }
+                match end {
+                    WatchEnd::Ended
+                        if events == 0 && started.elapsed() < Duration::from_secs(1) =>
+                    {
+                        debug!(kind = %kind, "watch ended at once; again in {:?}", delay.peek());
+                        delay.wait().await;
+                    }
+                    WatchEnd::Ended => {}
                     WatchEnd::Gone => {
                         info!(kind = %kind, "watch version expired (410): listing again");
                         break;
@@ -137,19 +156,29 @@ impl<L: LxdApi + 'static> Source<L> {
         api: &Api<DynamicObject>,
         version: &mut String,
         known: &mut HashSet<ResourceKey>,
+        events: &mut usize,
     ) -> WatchEnd {
         let params = WatchParams {
             bookmarks: true,
             ..WatchParams::default()
         }
         .timeout(WATCH_TIMEOUT_SECS);
-        let stream = match api.watch(&params, version).await {
-            Ok(s) => s,
-            Err(kube::Error::Api(s)) if s.code == 410 => return WatchEnd::Gone,
-            Err(e) => return WatchEnd::Failed(e.to_string()),
+        let stream = match tokio::time::timeout(REQUEST_TIMEOUT, api.watch(&params, version)).await
+        {
+            Err(_) => return WatchEnd::Failed(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            Ok(Ok(s)) => s,
+            Ok(Err(kube::Error::Api(s))) if s.code == 410 => return WatchEnd::Gone,
+            Ok(Err(e)) => return WatchEnd::Failed(e.to_string()),
         };
         let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
+        loop {
+            // The server ends a watch after WATCH_TIMEOUT_SECS and sends bookmarks: a
+            // stream silent for longer is a connection gone half-open.
+            let Ok(next) = tokio::time::timeout(SILENT_WATCH, stream.next()).await else {
+                return WatchEnd::Failed(format!("watch silent for {SILENT_WATCH:?}"));
+            };
+            let Some(event) = next else { break };
+            *events += 1;
             match event {
                 Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
                     remember_version(version, &obj);
@@ -179,11 +208,13 @@ impl<L: LxdApi + 'static> Source<L> {
     fn upsert(&self, kind: Kind, obj: &Value) -> Option<ResourceKey> {
         let key = convert::key(kind, obj)?;
         if matches!(kind, Kind::Machine | Kind::Container) {
-            let uid = obj
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            self.status.observe(&key, uid, convert::status(obj));
+            let text = |p: &str| obj.pointer(p).and_then(Value::as_str).map(str::to_string);
+            self.status.observe(
+                &key,
+                text("/metadata/uid"),
+                text("/metadata/resourceVersion"),
+                convert::status(obj),
+            );
         }
         match convert::resource(kind, obj) {
             Ok(resource) => {
@@ -246,6 +277,14 @@ impl<L: LxdApi + 'static> Source<L> {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {REQUEST_TIMEOUT:?}")]
+    Timeout,
+}
+
 enum WatchEnd {
     /// The server ended the stream (timeout, restart): watch again from the same version.
     Ended,
@@ -266,13 +305,15 @@ fn remember_version(version: &mut String, obj: &DynamicObject) {
 }
 
 /// Every object of the kind, page by page, and the list's resourceVersion.
-async fn list(api: &Api<DynamicObject>) -> Result<(Vec<Value>, String), kube::Error> {
+async fn list(api: &Api<DynamicObject>) -> Result<(Vec<Value>, String), ListError> {
     let mut objects = Vec::new();
     let mut params = ListParams::default().limit(PAGE);
     // Later pages continue the first page's snapshot: its version is the list's.
     let mut version = None;
     loop {
-        let page = api.list(&params).await?;
+        let page = tokio::time::timeout(REQUEST_TIMEOUT, api.list(&params))
+            .await
+            .map_err(|_| ListError::Timeout)??;
         let version = version
             .get_or_insert_with(|| page.metadata.resource_version.clone().unwrap_or_default())
             .clone();

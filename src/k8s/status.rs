@@ -35,6 +35,8 @@ struct State {
     stored: HashMap<ResourceKey, Stored>,
     /// Decided and not yet sent.
     pending: HashMap<ResourceKey, Status>,
+    /// Being sent: newer than `stored`, until the API server answers.
+    in_flight: HashMap<ResourceKey, Status>,
     /// Objects that do not load, and the generation last reported (once each).
     invalid: HashMap<ResourceKey, Option<u64>>,
 }
@@ -56,6 +58,21 @@ enum Job {
 struct Stored {
     status: Option<Status>,
     uid: Option<String>,
+    /// The object's resourceVersion this was read at (an older echo is ignored).
+    version: Option<String>,
+}
+
+/// Whether resourceVersion `a` is older than `b`. Versions are opaque to clients; every
+/// API server in use hands out increasing integers, so those are compared, and anything
+/// else is taken as newer.
+fn older(a: Option<&str>, b: Option<&str>) -> bool {
+    match (
+        a.and_then(|a| a.parse::<u64>().ok()),
+        b.and_then(|b| b.parse::<u64>().ok()),
+    ) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
 }
 
 /// The status subresource as a `StatusStore`.
@@ -99,11 +116,51 @@ impl KubeStatus {
         (store, writer)
     }
 
-    /// The source saw the object: what the API server holds now.
-    pub fn observe(&self, key: &ResourceKey, uid: Option<String>, status: Option<Status>) {
-        lock(&self.state)
-            .stored
-            .insert(key.clone(), Stored { status, uid });
+    /// The source saw the object: what the API server holds now. An echo older than what
+    /// a patch of ours already returned is ignored; a new uid (the object was deleted and
+    /// created again) drops what was decided for the old one.
+    pub fn observe(
+        &self,
+        key: &ResourceKey,
+        uid: Option<String>,
+        version: Option<String>,
+        status: Option<Status>,
+    ) {
+        let mut s = lock(&self.state);
+        if let Some(old) = s.stored.get(key) {
+            if old.uid == uid && older(version.as_deref(), old.version.as_deref()) {
+                return;
+            }
+            if old.uid != uid {
+                s.pending.remove(key);
+            }
+        }
+        s.stored.insert(
+            key.clone(),
+            Stored {
+                status,
+                uid,
+                version,
+            },
+        );
+    }
+
+    /// A patch of ours succeeded: the API server holds `status` now (unless the object
+    /// went away meanwhile).
+    fn patched(&self, key: &ResourceKey, status: &Status, version: Option<String>) {
+        let mut s = lock(&self.state);
+        if let Some(stored) = s.stored.get_mut(key) {
+            stored.status = Some(status.clone());
+            if !older(version.as_deref(), stored.version.as_deref()) {
+                stored.version = version;
+            }
+        }
+    }
+
+    /// Whether nothing is waiting to be sent or being sent.
+    pub fn is_idle(&self) -> bool {
+        let s = lock(&self.state);
+        s.pending.is_empty() && s.in_flight.is_empty()
     }
 
     /// Sends every status held back while this replica did not lead (call it once it
@@ -192,6 +249,7 @@ impl StatusStore for KubeStatus {
         let s = lock(&self.state);
         s.pending
             .get(key)
+            .or_else(|| s.in_flight.get(key))
             .cloned()
             .or_else(|| s.stored.get(key).and_then(|st| st.status.clone()))
     }
@@ -217,6 +275,7 @@ impl StatusStore for KubeStatus {
         let mut s = lock(&self.state);
         s.stored.remove(key);
         s.pending.remove(key);
+        s.in_flight.remove(key);
         s.invalid.remove(key);
     }
 }
@@ -224,10 +283,13 @@ impl StatusStore for KubeStatus {
 impl StatusWriter {
     /// Sends queued statuses and events until the process ends. While the fence is
     /// closed nothing is sent: statuses stay pending (for `flush`), events are dropped.
-    /// A failed patch is retried after a pause unless a newer status superseded it; a
-    /// missing object is dropped.
+    /// A failed patch is retried with its key's own backoff unless a newer status
+    /// superseded it; a missing object, or an answer that retrying cannot change, drops it.
     pub async fn run(mut self) {
-        let mut delay = Duration::from_millis(200);
+        let mut attempts: HashMap<ResourceKey, u32> = HashMap::new();
+        // The last Error each key was told about in an Event (one per distinct message,
+        // not one per retry).
+        let mut told: HashMap<ResourceKey, String> = HashMap::new();
         while let Some(job) = self.rx.recv().await {
             let key = match job {
                 Job::Status(key) => key,
@@ -236,13 +298,11 @@ impl StatusWriter {
                     reason,
                     message,
                 } => {
-                    if self.fence.is_open() {
-                        let uid = lock(&self.store.state)
-                            .stored
-                            .get(&key)
-                            .and_then(|s| s.uid.clone());
-                        self.event(&key, uid.as_deref(), reason, &message).await;
-                    }
+                    let uid = lock(&self.store.state)
+                        .stored
+                        .get(&key)
+                        .and_then(|s| s.uid.clone());
+                    self.event(&key, uid.as_deref(), reason, &message).await;
                     continue;
                 }
             };
@@ -255,22 +315,23 @@ impl StatusWriter {
                 let Some(status) = s.pending.remove(&key) else {
                     continue; // sent already, with a later request of the same key
                 };
+                s.in_flight.insert(key.clone(), status.clone());
                 (status, s.stored.get(&key).cloned().unwrap_or_default())
             };
-            match self.patch(&key, &status).await {
-                Ok(()) => {
-                    delay = Duration::from_millis(200);
+            let result = self.patch(&key, &status).await;
+            lock(&self.store.state).in_flight.remove(&key);
+            match result {
+                Ok(version) => {
+                    attempts.remove(&key);
+                    self.store.patched(&key, &status, version);
                     let into_error = status.phase == Phase::Error
                         && before.status.as_ref().map(|s| s.phase) != Some(Phase::Error);
-                    lock(&self.store.state).stored.insert(
-                        key.clone(),
-                        Stored {
-                            status: Some(status.clone()),
-                            uid: before.uid.clone(),
-                        },
-                    );
                     // An invalid spec has its own event.
-                    if into_error && !status.message.contains("invalid spec: ") {
+                    if into_error
+                        && !status.message.contains("invalid spec: ")
+                        && told.get(&key) != Some(&status.message)
+                    {
+                        told.insert(key.clone(), status.message.clone());
                         self.event(
                             &key,
                             before.uid.as_deref(),
@@ -281,21 +342,29 @@ impl StatusWriter {
                     }
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
+                    attempts.remove(&key);
                     debug!(resource = %key, "gone before its status was written");
                 }
+                Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+                    attempts.remove(&key);
+                    warn!(resource = %key, code = e.code, error = %e.message, "status refused: not retried");
+                }
                 Err(e) => {
-                    warn!(resource = %key, error = %e, "cannot write status; retrying in {delay:?}");
                     lock(&self.store.state)
                         .pending
                         .entry(key.clone())
                         .or_insert(status);
+                    let n = attempts.entry(key.clone()).or_default();
+                    let wait = Duration::from_millis(200)
+                        .saturating_mul(1 << (*n).min(8))
+                        .min(Duration::from_secs(30));
+                    *n += 1;
+                    warn!(resource = %key, error = %e, "cannot write status; retrying in {wait:?}");
                     let tx = self.store.tx.clone();
-                    let wait = delay;
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         let _ = tx.send(Job::Status(key));
                     });
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -309,8 +378,13 @@ impl StatusWriter {
         )
     }
 
-    /// One merge patch of the whole status to the status subresource.
-    async fn patch(&self, key: &ResourceKey, status: &Status) -> Result<(), kube::Error> {
+    /// One merge patch of the whole status to the status subresource; the object's new
+    /// resourceVersion.
+    async fn patch(
+        &self,
+        key: &ResourceKey,
+        status: &Status,
+    ) -> Result<Option<String>, kube::Error> {
         let body = json!({ "status": status });
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
@@ -319,12 +393,15 @@ impl StatusWriter {
         self.api(key)
             .patch_status(&key.name, &params, &Patch::Merge(&body))
             .await
-            .map(drop)
+            .map(|o| o.metadata.resource_version)
     }
 
     /// A Warning Event on the object (core/v1, what `kubectl describe` shows). Failing
     /// to post one is logged and otherwise ignored.
     async fn event(&self, key: &ResourceKey, uid: Option<&str>, reason: &str, message: &str) {
+        if !self.fence.is_open() {
+            return;
+        }
         use k8s_openapi::api::core::v1::Event;
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
