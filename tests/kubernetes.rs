@@ -988,3 +988,82 @@ fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
         ctl.metric("lxd_mutater_source_errors") == 1.0
     });
 }
+
+/// The adapter as a library, on `kube::Client::new(service)` with the fake in process: a
+/// status write, ours or anyone's, never enqueues a reconcile.
+#[test]
+fn status_writes_never_enqueue_work_in_process() {
+    use lxd_mutater::controller::{Controller, Options, run_workers};
+    use lxd_mutater::k8s::{source::Source, status::KubeStatus};
+    use lxd_mutater::resource::ProfileNames;
+    use lxd_mutater::resource::names::{DEFAULT_CHARM_TEMPLATE, DEFAULT_MODEL_TEMPLATE};
+    use lxd_mutater::status::metrics::Telemetry;
+
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    let telemetry = Telemetry::new();
+    let ctl = {
+        let _guard = cluster.rt.enter();
+        let client = cluster.api.in_process_client();
+        let names = ProfileNames::new(DEFAULT_CHARM_TEMPLATE, DEFAULT_MODEL_TEMPLATE)
+            .expect("the default templates");
+        let fence = lxd_mutater::fence::WriteFence::open();
+        let (status, writer) = KubeStatus::new(client.clone(), fence, "in-process");
+        let ctl = Controller::new(
+            lxd.client(),
+            status.clone(),
+            Options::new(names),
+            &telemetry,
+        );
+        tokio::spawn(writer.run());
+        Source::new(ctl.clone(), status, client, None).spawn();
+        cluster.rt.block_on(ctl.relist()).expect("listing LXD");
+        wait_until("loaded", Duration::from_secs(10), || ctl.is_loaded());
+        tokio::spawn(run_workers(ctl.clone(), false));
+        ctl
+    };
+    expect(
+        &lxd,
+        "i0",
+        &["default", "juju-m", "juju-m-one-1"],
+        Duration::from_secs(30),
+    );
+    wait_until("status Applied", Duration::from_secs(10), || {
+        cluster.status("0")["phase"] == "Applied"
+    });
+    let adds = || {
+        metric_value(
+            &telemetry.encode(),
+            "workqueue_adds_total{name=\"lxd_mutater\"}",
+        )
+    };
+    let before = adds();
+    // Someone else's status write: the watch brings it, and nothing is enqueued.
+    {
+        let _guard = cluster.rt.enter();
+        cluster
+            .api
+            .patch_status(
+                API,
+                "machines",
+                NS,
+                "0",
+                &json!({"status": {"message": "hello"}}),
+            )
+            .expect("patch status");
+    }
+    wait_until("the watch to bring it", Duration::from_secs(10), || {
+        ctl.status
+            .get(&lxd_mutater::resource::ResourceKey::new(
+                lxd_mutater::resource::Kind::Machine,
+                NS,
+                "0",
+            ))
+            .is_some_and(|s| s.message == "hello")
+    });
+    assert_eq!(adds(), before);
+    ctl.drain();
+}

@@ -150,6 +150,18 @@ impl FakeApiServer {
         self.shared.addr
     }
 
+    /// A kube client served in process: `kube::Client::new(service, "default")` with the
+    /// server's request handling as the service, no socket in between. Every fault but
+    /// `Unreachable` (a matter of sockets) applies to it.
+    pub fn in_process_client(&self) -> kube::Client {
+        let shared = self.shared.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let shared = shared.clone();
+            async move { Ok::<_, std::convert::Infallible>(server::respond(&shared, req).await) }
+        });
+        kube::Client::new(service, "default")
+    }
+
     /// The kube client configuration for this server: plain HTTP, namespace `default`,
     /// kube's defaults otherwise (which retry 429, 503 and 504 answers, for minutes).
     pub fn config(&self) -> kube::Config {

@@ -202,7 +202,11 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
     }
 }
 
-async fn respond(shared: &Arc<Shared>, req: http::Request<Incoming>) -> Response<Body> {
+pub(crate) async fn respond<B>(shared: &Arc<Shared>, req: http::Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
@@ -271,7 +275,11 @@ fn injected_fault(shared: &Shared, request: &Request) -> Option<Status> {
     }
 }
 
-async fn read_body(req: http::Request<Incoming>) -> Result<Bytes, Status> {
+async fn read_body<B>(req: http::Request<B>) -> Result<Bytes, Status>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Status::new(

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Event as CoreEvent;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams, WatchParams,
+    PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::{Value, json};
@@ -640,4 +640,36 @@ async fn two_lease_managers_never_hold_the_lease_together() {
         .unwrap();
     drop(other);
     other_task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_in_process_client_speaks_the_same_api() {
+    let server = FakeApiServer::start().await;
+    let api = machines(server.in_process_client());
+    let created = api
+        .create(
+            &PostParams::default(),
+            &machine("0", json!({"instance": "i0"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(generation(&created), Some(1));
+    // A watch from the creation's version sees the next change, in process too.
+    let stream = api
+        .watch(&WatchParams::default().timeout(5), &rv(&created))
+        .await
+        .unwrap();
+    let mut stream = std::pin::pin!(stream);
+    let patch = json!({"spec": {"instance": "i1"}});
+    api.patch("0", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    match stream.next().await {
+        Some(Ok(WatchEvent::Modified(o))) => assert_eq!(o.data["spec"]["instance"], "i1"),
+        other => panic!("expected the change, got {other:?}"),
+    }
+    // Faults other than Unreachable apply; every request is logged.
+    server.set_fault(Fault::fail(500, 1, |_| true));
+    assert_eq!(status_of(api.get("0").await).0, 500);
+    assert!(server.requests().len() >= 4);
 }
