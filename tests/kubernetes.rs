@@ -200,6 +200,20 @@ impl Drop for Controller {
     }
 }
 
+/// What an instance of a Machine running `one` (revision 1) ends with.
+const ONE: &[&str] = &["default", "juju-m", "juju-m-one-1"];
+
+/// The setting most tests start from: an LXD project with the empty instance `i0`, and a
+/// fake API server with the Application `one` (revision 1) and the Machine `0` on `i0`.
+fn one_machine() -> (TestProject, Cluster) {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "i0", &["one"]));
+    (lxd, cluster)
+}
+
 fn profiles(lxd: &TestProject, instance: &str) -> Vec<String> {
     lxd.instance_profiles(instance)
 }
@@ -214,19 +228,10 @@ fn expect(lxd: &TestProject, instance: &str, want: &[&str], deadline: Duration) 
 
 #[test]
 fn statuses_follow_generations_without_a_hot_loop() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
+    let (lxd, cluster) = one_machine();
     let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
 
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     wait_until(
         "status Applied at generation 1",
         Duration::from_secs(10),
@@ -336,12 +341,7 @@ fn a_machine_deleted_and_created_again_is_reconciled() {
     cluster.create(application("two", 1));
     cluster.create(machine("0", "i0", &["one"]));
     let _ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     let first_uid = cluster.machine("0")["metadata"]["uid"].clone();
 
     cluster.delete("machines", "0");
@@ -376,12 +376,7 @@ fn a_410_in_the_middle_of_a_watch_loses_nothing() {
     cluster.create(application("two", 1));
     cluster.create(machine("0", "i0", &["one"]));
     let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     let lists = cluster.lists("machines");
 
     // The watches drop; meanwhile objects change and the history is compacted past the
@@ -402,12 +397,7 @@ fn a_410_in_the_middle_of_a_watch_loses_nothing() {
     cluster.api.compact();
     cluster.clear_fault();
 
-    expect(
-        &lxd,
-        "i1",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i1", ONE, Duration::from_secs(30));
     expect(
         &lxd,
         "i2",
@@ -462,12 +452,7 @@ fn watches_cut_every_2s_for_20s_still_converge_without_duplicate_writes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for i in 0..N {
-        expect(
-            &lxd,
-            &format!("i{i}"),
-            &["default", "juju-m", "juju-m-one-1"],
-            Duration::from_secs(10),
-        );
+        expect(&lxd, &format!("i{i}"), ONE, Duration::from_secs(10));
     }
     // One PATCH per instance, one POST per profile (juju-m, juju-m-one-1): no write twice.
     let patch = ctl.metric("lxd_mutater_lxd_requests_total{method=\"PATCH\",code=\"200\"}");
@@ -478,23 +463,14 @@ fn watches_cut_every_2s_for_20s_still_converge_without_duplicate_writes() {
 
 #[test]
 fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
+    let (lxd, cluster) = one_machine();
     // A machine whose instance does not exist: Error, and an Event.
     cluster.create(machine("9", "nope", &["one"]));
     let flags = ["--leader-elect", "--lease-namespace", "lxd-mutater"];
     let a = Controller::start(&lxd, &cluster, "a", &flags);
     let b = Controller::start(&lxd, &cluster, "b", &flags);
 
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     wait_until("one leader", Duration::from_secs(10), || {
         a.leads() != b.leads()
     });
@@ -504,12 +480,7 @@ fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
         standby.daemon.get("/readyz").0 == 200
     });
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(10),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(10));
     assert!(leader.lxd_writes() > 0.0);
     assert_eq!(standby.lxd_writes(), 0.0);
     wait_until("machine 9 in Error", Duration::from_secs(10), || {
@@ -560,32 +531,18 @@ fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
         "takeover {since_renewal:?} after the last renewal (lease 15 s)"
     );
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(10),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(10));
 
     check_rbac_covers(&cluster.api.requests());
 }
 
 #[test]
 fn sigterm_drains_releases_the_lease_and_exits_zero() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
+    let (lxd, cluster) = one_machine();
     let flags = ["--leader-elect"];
     let a = Controller::start(&lxd, &cluster, "a", &flags);
     let b = Controller::start(&lxd, &cluster, "b", &flags);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     wait_until("one leader", Duration::from_secs(10), || {
         a.leads() != b.leads()
     });
@@ -610,12 +567,7 @@ fn sigterm_drains_releases_the_lease_and_exits_zero() {
     });
     eprintln!("standby leads {:?} after SIGTERM", stopped.elapsed());
     lxd.lxc(&["profile", "assign", "i0", "default"]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(10),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(10));
 }
 
 #[test]
@@ -630,19 +582,10 @@ fn a_leader_whose_api_server_answers_503_stops_and_exits() {
 }
 
 fn leader_steps_down_on(fault: Fault) {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
+    let (lxd, cluster) = one_machine();
     let flags = ["--leader-elect"];
     let mut leader = Controller::start(&lxd, &cluster, "leader", &flags);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     wait_until("leading", Duration::from_secs(10), || leader.leads());
 
     // Unreachable for 3 s: the leader's next renew fails, it stops writing and exits.
@@ -668,12 +611,7 @@ fn leader_steps_down_on(fault: Fault) {
     assert_eq!(profiles(&lxd, "i0"), ["default"]);
     // A new replica leads (the old lease expires) and corrects it.
     let fresh = Controller::start(&lxd, &cluster, "fresh", &flags);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     assert!(fresh.leads());
 }
 
@@ -707,12 +645,7 @@ fn kubectl_apply_of_an_edited_machine_converges() {
     });
     assert_eq!(profiles(&lxd, "i0"), ["default", "juju-m"]);
     kubectl(&cluster.kubeconfig(), &write("m.yaml", &m("one")));
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(10),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(10));
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
@@ -810,12 +743,8 @@ fn check_rbac_covers(requests: &[Request]) {
 
 #[test]
 fn with_a_namespace_other_namespaces_are_not_touched() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
+    let (lxd, cluster) = one_machine();
     lxd.empty_instance("i1");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
     let mut other = machine("1", "i1", &["one"]);
     other["metadata"]["namespace"] = json!("other");
     cluster.create(other);
@@ -827,12 +756,7 @@ fn with_a_namespace_other_namespaces_are_not_touched() {
         lxd.lxc(&["profile", "set", p, "user.lxd-mutater.owner=lxd-mutater"]);
     }
     let ctl = Controller::start(&lxd, &cluster, "ctl", &["--namespace", NS]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     wait_until("status of m/0", Duration::from_secs(10), || {
         cluster.status("0")["phase"] == "Applied"
     });
@@ -919,20 +843,11 @@ fn flags_that_do_not_go_together_are_refused_with_a_reason() {
 
 #[test]
 fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
+    let (lxd, cluster) = one_machine();
     lxd.empty_instance("i5");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
     cluster.create(machine("5", "bad_name!", &["one"]));
     let ctl = Controller::start(&lxd, &cluster, "ctl", &[]);
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
 
     // Never valid: status Error with the field and the reason, and a Warning Event.
     wait_until("machine 5 in Error", Duration::from_secs(10), || {
@@ -974,12 +889,7 @@ fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
 
     // Mended: managed again.
     cluster.patch_spec("machines", "5", json!({"instance": "i5"}));
-    expect(
-        &lxd,
-        "i5",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(10),
-    );
+    expect(&lxd, "i5", ONE, Duration::from_secs(10));
     wait_until("machine 5 Applied", Duration::from_secs(10), || {
         cluster.status("5")["phase"] == "Applied"
     });
@@ -999,11 +909,7 @@ fn status_writes_never_enqueue_work_in_process() {
     use lxd_mutater::resource::names::{DEFAULT_CHARM_TEMPLATE, DEFAULT_MODEL_TEMPLATE};
     use lxd_mutater::status::metrics::Telemetry;
 
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    let cluster = Cluster::new();
-    cluster.create(application("one", 1));
-    cluster.create(machine("0", "i0", &["one"]));
+    let (lxd, cluster) = one_machine();
     let telemetry = Telemetry::new();
     let ctl = {
         let _guard = cluster.rt.enter();
@@ -1025,12 +931,7 @@ fn status_writes_never_enqueue_work_in_process() {
         tokio::spawn(run_workers(ctl.clone(), false));
         ctl
     };
-    expect(
-        &lxd,
-        "i0",
-        &["default", "juju-m", "juju-m-one-1"],
-        Duration::from_secs(30),
-    );
+    expect(&lxd, "i0", ONE, Duration::from_secs(30));
     wait_until("status Applied", Duration::from_secs(10), || {
         cluster.status("0")["phase"] == "Applied"
     });
