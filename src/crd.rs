@@ -114,63 +114,59 @@ pub struct ApplicationCrdSpec {
     pub spec: ApplicationSpec,
 }
 
-/// `spec` of a Machine: an LXD virtual machine or container that Juju provisioned, and
-/// the applications with units on it.
-// Several `printcolumn(...)` share keys by design; clippy reads them as duplicates.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "lxdmutater.dev",
-    version = "v1alpha1",
-    kind = "Machine",
-    doc = "A machine: the LXD instance whose profiles follow the applications on it.",
-    plural = "machines",
-    namespaced,
-    status = "Status",
-    shortname = "lxdm",
-    category = "lxd-mutater",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
-    printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-pub struct MachineCrdSpec {
-    #[serde(flatten)]
-    pub spec: InstanceSpec,
+/// Machine and Container share one spec (`InstanceSpec`), one set of columns and
+/// everything else but their names.
+macro_rules! instance_crd {
+    ($(#[$spec_doc:meta])* $spec:ident, $kind:tt, $plural:tt, $short:tt, $doc:tt) => {
+        $(#[$spec_doc])*
+        // Several `printcolumn(...)` share keys by design; clippy reads them as duplicates.
+        #[allow(clippy::duplicated_attributes)]
+        #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+        #[kube(
+            group = "lxdmutater.dev",
+            version = "v1alpha1",
+            kind = $kind,
+            doc = $doc,
+            plural = $plural,
+            namespaced,
+            status = "Status",
+            shortname = $short,
+            category = "lxd-mutater",
+            printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+            printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
+            printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
+            printcolumn(
+                name = "Age",
+                type_ = "date",
+                json_path = ".metadata.creationTimestamp"
+            )
+        )]
+        pub struct $spec {
+            #[serde(flatten)]
+            pub spec: InstanceSpec,
+        }
+    };
 }
 
-/// `spec` of a Container: an LXD container on a Machine, and the applications with units
-/// on it.
-// Several `printcolumn(...)` share keys by design; clippy reads them as duplicates.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "lxdmutater.dev",
-    version = "v1alpha1",
-    kind = "Container",
-    doc = "A container on a machine: the LXD instance whose profiles follow the applications on it.",
-    plural = "containers",
-    namespaced,
-    status = "Status",
-    shortname = "lxdc",
-    category = "lxd-mutater",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instance"),
-    printcolumn(name = "Profiles", type_ = "string", json_path = ".status.profiles"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-pub struct ContainerCrdSpec {
-    #[serde(flatten)]
-    pub spec: InstanceSpec,
-}
+instance_crd!(
+    /// `spec` of a Machine: an LXD virtual machine or container that Juju provisioned, and
+    /// the applications with units on it.
+    MachineCrdSpec,
+    "Machine",
+    "machines",
+    "lxdm",
+    "A machine: the LXD instance whose profiles follow the applications on it."
+);
+
+instance_crd!(
+    /// `spec` of a Container: an LXD container on a Machine, and the applications with units
+    /// on it.
+    ContainerCrdSpec,
+    "Container",
+    "containers",
+    "lxdc",
+    "A container on a machine: the LXD instance whose profiles follow the applications on it."
+);
 
 /// The `ApiResource` of a kind, for dynamic API calls.
 pub fn api_resource(kind: Kind) -> kube::core::ApiResource {

@@ -207,7 +207,7 @@ impl<L: LxdApi + 'static> Source<L> {
     /// Loads one object into the store; its key, whether it loaded or not.
     fn upsert(&self, kind: Kind, obj: &Value) -> Option<ResourceKey> {
         let key = convert::key(kind, obj)?;
-        if matches!(kind, Kind::Machine | Kind::Container) {
+        if super::status::has_status(kind) {
             let text = |p: &str| obj.pointer(p).and_then(Value::as_str).map(str::to_string);
             self.status.observe(
                 &key,
