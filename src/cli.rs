@@ -1,13 +1,8 @@
-//! The command line (SPEC §5): parsing it and running each command. The wiring of the
-//! controller's parts lives here, in one place.
+//! The command line (SPEC §5): its definition and nothing else. `cmd` runs each command.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::source::files;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -209,80 +204,4 @@ pub struct GetArgs {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
-}
-
-/// Runs the command line; the process's exit code.
-pub fn main() -> ExitCode {
-    // One TLS provider for the whole process (kube's client builds its config from the
-    // process default); a second install attempt is harmless.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Validate { paths } => validate(&paths),
-        Command::Crds => crds(),
-        Command::Run(args) => runtime(crate::run::run(*args)),
-        Command::Diff(args) => runtime(crate::run::diff(args.lxd, args.resources)),
-        Command::Get(args) => crate::run::get(args),
-    }
-}
-
-fn runtime(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(f) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn validate(paths: &[PathBuf]) -> ExitCode {
-    let loaded = files::load(paths);
-    let mut out = std::io::stdout().lock();
-    for w in &loaded.warnings {
-        let _ = writeln!(
-            out,
-            "{}:{}:{}: warning: {}",
-            w.file, w.line, w.column, w.message
-        );
-    }
-    for p in &loaded.problems {
-        let _ = writeln!(out, "{p}");
-    }
-    let summary = format!(
-        "{} file(s), {} resource(s), {} problem(s), {} warning(s)",
-        loaded.files,
-        loaded.resources.len(),
-        loaded.problems.len(),
-        loaded.warnings.len()
-    );
-    eprintln!("{summary}");
-    if loaded.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn crds() -> ExitCode {
-    match crate::crd::crds_yaml() {
-        Ok(y) => {
-            print!("{y}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: cannot write the CRDs: {e}");
-            ExitCode::from(1)
-        }
-    }
 }

@@ -2,21 +2,24 @@
 //! applications that run on them.
 //!
 //! The folders follow the pipeline, data flowing one way:
-//! `source` (files, k8s) -> `store` (desired + observed cache) -> `queue` (dedup, backoff)
-//! -> `reconcile` (plan: pure; apply: the only LXD writes) -> `lxd` (REST client, events)
-//! -> `status` (files, metrics).
+//! `source` (files, kubernetes) -> `store` (desired, observed; `lxd_feed`) -> `queue`
+//! -> `reconcile` (snapshot -> plan -> apply -> report) -> `status` (decide, then persist
+//! to files or Kubernetes; metrics, http). `pipeline` assembles them, `cmd` runs them.
+//! At the bottom: `resource` (kinds, names, rules, parsing, CRDs), `lxd` (the REST
+//! client), `leader` (lease and write fence), `backoff`.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cli;
-pub mod controller;
-pub mod crd;
-pub mod fence;
-pub mod k8s;
+pub mod cmd;
+pub mod leader;
 pub mod lxd;
+pub mod pipeline;
 pub mod queue;
 pub mod reconcile;
 pub mod resource;
-pub mod run;
 pub mod source;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+pub mod testing;

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    lxd_mutater::cli::main()
+    lxd_mutater::cmd::main()
 }

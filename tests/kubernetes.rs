@@ -903,10 +903,13 @@ fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
 /// status write, ours or anyone's, never enqueues a reconcile.
 #[test]
 fn status_writes_never_enqueue_work_in_process() {
-    use lxd_mutater::controller::{Controller, Options, run_workers};
-    use lxd_mutater::k8s::{source::Source, status::KubeStatus};
+    use lxd_mutater::leader::WriteFence;
+    use lxd_mutater::pipeline::Pipeline;
+    use lxd_mutater::reconcile::Options;
     use lxd_mutater::resource::ProfileNames;
     use lxd_mutater::resource::names::{DEFAULT_CHARM_TEMPLATE, DEFAULT_MODEL_TEMPLATE};
+    use lxd_mutater::source::kubernetes::Source;
+    use lxd_mutater::status::kubernetes::KubeStatus;
     use lxd_mutater::status::metrics::Telemetry;
 
     let (lxd, cluster) = one_machine();
@@ -916,19 +919,27 @@ fn status_writes_never_enqueue_work_in_process() {
         let client = cluster.api.in_process_client();
         let names = ProfileNames::new(DEFAULT_CHARM_TEMPLATE, DEFAULT_MODEL_TEMPLATE)
             .expect("the default templates");
-        let fence = lxd_mutater::fence::WriteFence::open();
+        let fence = WriteFence::open();
         let (status, writer) = KubeStatus::new(client.clone(), fence, "in-process");
-        let ctl = Controller::new(
+        let ctl = std::sync::Arc::new(Pipeline::new(
             lxd.client(),
-            status.clone(),
+            status,
             Options::new(names),
             &telemetry,
-        );
+        ));
         tokio::spawn(writer.run());
-        Source::new(ctl.clone(), status, client, None).spawn();
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        Source::new(events, client, None).spawn();
+        let routed = ctl.clone();
+        tokio::spawn(async move {
+            while let Some(e) = received.recv().await {
+                routed.on_source(e);
+            }
+        });
         cluster.rt.block_on(ctl.relist()).expect("listing LXD");
-        wait_until("loaded", Duration::from_secs(10), || ctl.is_loaded());
-        tokio::spawn(run_workers(ctl.clone(), false));
+        wait_until("loaded", Duration::from_secs(10), || ctl.store.is_loaded());
+        ctl.enqueue_all();
+        tokio::spawn(ctl.worker.clone().run(false));
         ctl
     };
     expect(&lxd, "i0", ONE, Duration::from_secs(30));
@@ -957,8 +968,8 @@ fn status_writes_never_enqueue_work_in_process() {
             .expect("patch status");
     }
     wait_until("the watch to bring it", Duration::from_secs(10), || {
-        ctl.status
-            .get(&lxd_mutater::resource::ResourceKey::new(
+        ctl.report
+            .last(&lxd_mutater::resource::ResourceKey::new(
                 lxd_mutater::resource::Kind::Machine,
                 NS,
                 "0",

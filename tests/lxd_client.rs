@@ -759,7 +759,7 @@ fn run_curl(args: &[String]) -> String {
 async fn a_closed_fence_sends_no_write_and_reads_go_on() {
     let project = TestProject::new();
     project.empty_instance("f0");
-    let fence = lxd_mutater::fence::WriteFence::closed();
+    let fence = lxd_mutater::leader::WriteFence::closed();
     let lxd = project.client().with_fence(fence.clone());
     let refused = lxd
         .set_instance_profiles("f0", &strings(&[]), None)

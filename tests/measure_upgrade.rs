@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lxd_mutater::controller::{Controller, Options, run_workers};
 use lxd_mutater::lxd::RequestObserver;
+use lxd_mutater::pipeline::Pipeline;
+use lxd_mutater::reconcile::Options;
 use lxd_mutater::resource::{ProfileNames, parse_str};
 use lxd_mutater::status::files::StatusFiles;
 use lxd_mutater::status::metrics::Telemetry;
@@ -67,20 +68,20 @@ async fn upgrade_of_200_machines() {
     }
     let state = tempfile::tempdir().unwrap();
     let count = Arc::new(Count::default());
-    let ctl = Controller::new(
+    let ctl = Pipeline::new(
         lxd.client().with_observer(count.clone()),
-        StatusFiles::open(state.path()).unwrap(),
+        Arc::new(StatusFiles::open(state.path()).unwrap()),
         Options {
             workers,
             ..Options::new(ProfileNames::default())
         },
         &Telemetry::new(),
     );
-    ctl.load_snapshot(resources(n, 1));
+    ctl.load(resources(n, 1));
     ctl.relist().await.unwrap();
     ctl.enqueue_all();
-    let workers_task = tokio::spawn(run_workers(ctl.clone(), false));
-    let idle = |ctl: &Controller<_>| ctl.queue.is_empty() && ctl.queue.processing() == 0;
+    let workers_task = tokio::spawn(ctl.worker.clone().run(false));
+    let idle = |ctl: &Pipeline<_>| ctl.is_idle();
     while !idle(&ctl) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -89,7 +90,7 @@ async fn upgrade_of_200_machines() {
         count.writes.load(Ordering::SeqCst),
     );
     let started = Instant::now();
-    ctl.load_snapshot(resources(n, 2));
+    ctl.load(resources(n, 2));
     tokio::time::sleep(Duration::from_millis(5)).await;
     while !idle(&ctl) {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lxd_mutater::controller::{Controller, Options, run_workers};
 use lxd_mutater::lxd::{LxdClient, RequestObserver};
+use lxd_mutater::pipeline::Pipeline;
 use lxd_mutater::queue::BackoffConfig;
+use lxd_mutater::reconcile::Options;
 use lxd_mutater::resource::{Kind, Phase, ProfileNames, ResourceKey, Status};
-use lxd_mutater::source::watch::FileSnapshot;
+use lxd_mutater::source::files::FileSnapshot;
 use lxd_mutater::status::StatusStore;
 use lxd_mutater::status::files::StatusFiles;
 use lxd_mutater::status::metrics::Telemetry;
@@ -60,7 +61,7 @@ impl Harness {
         std::fs::write(self.resources.path().join(file), yaml).unwrap();
     }
 
-    fn controller(&self, dry_run: bool, machine: Option<&str>) -> Arc<Controller<LxdClient>> {
+    fn controller(&self, dry_run: bool, machine: Option<&str>) -> Pipeline<LxdClient> {
         self.controller_with(dry_run, machine, BackoffConfig::default())
     }
 
@@ -69,11 +70,11 @@ impl Harness {
         dry_run: bool,
         machine: Option<&str>,
         backoff: BackoffConfig,
-    ) -> Arc<Controller<LxdClient>> {
+    ) -> Pipeline<LxdClient> {
         let client = self.lxd.client().with_observer(self.requests.clone());
-        Controller::new(
+        Pipeline::new(
             client,
-            StatusFiles::open(self.state.path()).unwrap(),
+            Arc::new(StatusFiles::open(self.state.path()).unwrap()),
             Options {
                 machine: machine.map(str::to_string),
                 workers: 4,
@@ -90,10 +91,10 @@ impl Harness {
         let ctl = self.controller(dry_run, machine);
         let mut snapshot = FileSnapshot::default();
         snapshot.rescan(self.resources.path());
-        ctl.load_snapshot(snapshot.resources());
+        ctl.load(snapshot.resources());
         ctl.relist().await.unwrap();
         ctl.enqueue_all();
-        tokio::time::timeout(Duration::from_secs(60), run_workers(ctl, true))
+        tokio::time::timeout(Duration::from_secs(60), ctl.worker.clone().run(true))
             .await
             .expect("a pass finishes");
     }
@@ -574,10 +575,10 @@ async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
     );
     let mut snapshot = FileSnapshot::default();
     snapshot.rescan(h.resources.path());
-    ctl.load_snapshot(snapshot.resources());
+    ctl.load(snapshot.resources());
     ctl.relist().await.unwrap();
     ctl.enqueue_all();
-    let workers = tokio::spawn(run_workers(ctl.clone(), false));
+    let workers = tokio::spawn(ctl.worker.clone().run(false));
     // A window of 3 s: retries at about 0.1, 0.3, 0.7, 1.5 and 3.1 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ctl.queue.shutdown();

@@ -17,7 +17,7 @@ use super::types::{
     Instance, Profile, ProfileContent, ProjectInfo, ServerInfo, WireProfile, WireServer,
     encode_component,
 };
-use crate::fence::WriteFence;
+use crate::leader::WriteFence;
 
 /// The per-request timeout unless `with_timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

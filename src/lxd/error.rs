@@ -15,6 +15,10 @@ pub enum LxdError {
     /// The profile is used by instances and cannot be deleted.
     #[error("{message}")]
     InUse { message: String },
+    /// The object was created meanwhile by someone else (LXD 5.0: 500 "... already
+    /// exists"; later versions: 409).
+    #[error("{message}")]
+    AlreadyExists { message: String },
     /// LXD refused the request (bad key, bad value, a device that cannot start...).
     /// `status` is the HTTP code (or the operation's status code); `message` is LXD's text.
     #[error("{message}")]
@@ -45,6 +49,7 @@ pub enum ErrorCategory {
     NotFound,
     Conflict,
     InUse,
+    AlreadyExists,
     Rejected,
     Unreachable,
     Timeout,
@@ -54,10 +59,11 @@ pub enum ErrorCategory {
 }
 
 impl ErrorCategory {
-    pub const ALL: [ErrorCategory; 9] = [
+    pub const ALL: [ErrorCategory; 10] = [
         ErrorCategory::NotFound,
         ErrorCategory::Conflict,
         ErrorCategory::InUse,
+        ErrorCategory::AlreadyExists,
         ErrorCategory::Rejected,
         ErrorCategory::Unreachable,
         ErrorCategory::Timeout,
@@ -71,6 +77,7 @@ impl ErrorCategory {
             ErrorCategory::NotFound => "not_found",
             ErrorCategory::Conflict => "conflict",
             ErrorCategory::InUse => "in_use",
+            ErrorCategory::AlreadyExists => "already_exists",
             ErrorCategory::Rejected => "rejected",
             ErrorCategory::Unreachable => "unreachable",
             ErrorCategory::Timeout => "timeout",
@@ -93,6 +100,7 @@ impl LxdError {
             LxdError::NotFound { .. } => ErrorCategory::NotFound,
             LxdError::Conflict { .. } => ErrorCategory::Conflict,
             LxdError::InUse { .. } => ErrorCategory::InUse,
+            LxdError::AlreadyExists { .. } => ErrorCategory::AlreadyExists,
             LxdError::Rejected { .. } => ErrorCategory::Rejected,
             LxdError::Unreachable { .. } => ErrorCategory::Unreachable,
             LxdError::Timeout { .. } => ErrorCategory::Timeout,
@@ -122,7 +130,11 @@ impl LxdError {
         match status {
             404 => LxdError::NotFound { message },
             412 => LxdError::Conflict { message },
+            409 => LxdError::AlreadyExists { message },
             _ if is_in_use(&message) => LxdError::InUse { message },
+            _ if message.to_ascii_lowercase().contains("already exists") => {
+                LxdError::AlreadyExists { message }
+            }
             _ => LxdError::Rejected { status, message },
         }
     }
@@ -160,6 +172,18 @@ mod tests {
         let e = LxdError::from_lxd(500, "Invalid value for a boolean \"maybe\"");
         assert_eq!(e.category(), ErrorCategory::Rejected);
         assert_eq!(e.to_string(), "Invalid value for a boolean \"maybe\"");
+        assert_eq!(
+            LxdError::from_lxd(
+                500,
+                "Error inserting \"a\" into database: The profile already exists"
+            )
+            .category(),
+            ErrorCategory::AlreadyExists
+        );
+        assert_eq!(
+            LxdError::from_lxd(409, "conflict").category(),
+            ErrorCategory::AlreadyExists
+        );
         // A 404 whose text mentions use is still a 404.
         assert_eq!(
             LxdError::from_lxd(404, "currently in use").category(),
@@ -184,6 +208,7 @@ mod tests {
                 "not_found",
                 "conflict",
                 "in_use",
+                "already_exists",
                 "rejected",
                 "unreachable",
                 "timeout",

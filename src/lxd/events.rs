@@ -7,18 +7,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{LxdClient, error_chain};
 use super::endpoint::{Endpoint, host_for_url, split_authority};
 use super::types::encode_component;
+use crate::backoff::{Backoff, BackoffConfig};
 
 /// What the stream yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,66 +88,13 @@ impl Drop for EventStream {
     }
 }
 
-/// Reconnect delays: 800 ms doubling to 30 s, each multiplied by a random factor in
-/// [0.8, 1.2] (never above the cap), so that many controllers do not reconnect in step.
-/// An endless iterator; `reset` after a healthy connection starts over.
-#[derive(Debug, Clone)]
-pub struct ReconnectBackoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    rng: fastrand::Rng,
-}
-
-impl ReconnectBackoff {
-    pub const BASE: Duration = Duration::from_millis(800);
-    pub const CAP: Duration = Duration::from_secs(30);
-    /// A connection that lived this long was healthy: the next failure starts over.
-    pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-
-    pub fn new() -> Self {
-        Self::with_rng(fastrand::Rng::new())
-    }
-
-    /// A seeded generator makes the sequence reproducible in tests.
-    pub fn with_rng(rng: fastrand::Rng) -> Self {
-        ReconnectBackoff {
-            base: Self::BASE,
-            cap: Self::CAP,
-            attempt: 0,
-            rng,
-        }
-    }
-
-    /// The delay before jitter for the current attempt.
-    pub fn nominal(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Default for ReconnectBackoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Iterator for ReconnectBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let nominal = self.nominal();
-        if self.nominal() < self.cap {
-            self.attempt += 1;
-        }
-        let factor = 0.8 + 0.4 * self.rng.f64();
-        Some(nominal.mul_f64(factor).min(self.cap))
-    }
-}
+/// Reconnect delays: 800 ms doubling to 30 s, jittered (the one backoff of the crate).
+pub const RECONNECT: BackoffConfig = BackoffConfig {
+    base: Duration::from_millis(800),
+    cap: Duration::from_secs(30),
+};
+/// A connection that lived this long was healthy: the next failure starts over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 /// Pings keep NATs and proxies open and detect a dead peer; LXD answers them.
 const PING_EVERY: Duration = Duration::from_secs(20);
@@ -204,7 +153,7 @@ async fn run(
     timeout: Duration,
     tx: mpsc::Sender<EventNotice>,
 ) {
-    let mut backoff = ReconnectBackoff::new();
+    let mut backoff = Backoff::new(RECONNECT);
     loop {
         let connected_at = Instant::now();
         let outcome = match tokio::time::timeout(timeout, dial(&dialer, &path_and_query)).await {
@@ -218,10 +167,10 @@ async fn run(
             Ok(Ended::Closed(why)) => tracing::warn!(reason = %why, "LXD events connection ended"),
             Err(why) => tracing::warn!(reason = %why, "cannot connect to LXD events"),
         }
-        if connected_at.elapsed() > ReconnectBackoff::HEALTHY_AFTER {
+        if connected_at.elapsed() > HEALTHY_AFTER {
             backoff.reset();
         }
-        let delay = backoff.next().unwrap_or(ReconnectBackoff::CAP);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = tx.closed() => return,
@@ -289,7 +238,7 @@ where
     if tx.send(EventNotice::Connected).await.is_err() {
         return Ok(Ended::ConsumerGone);
     }
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_frame = Instant::now();
     loop {
         tokio::select! {
@@ -412,57 +361,6 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_within_jitter() {
-        let mut b = ReconnectBackoff::with_rng(fastrand::Rng::with_seed(7));
-        let nominal_ms = [800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000];
-        for want in nominal_ms {
-            assert_eq!(b.nominal(), Duration::from_millis(want));
-            let got = b.next().unwrap();
-            let low = Duration::from_millis(want).mul_f64(0.8);
-            let high = Duration::from_millis(want)
-                .mul_f64(1.2)
-                .min(ReconnectBackoff::CAP);
-            assert!(
-                got >= low && got <= high,
-                "{got:?} not in [{low:?}, {high:?}]"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_never_exceeds_the_cap_and_stays_jittered() {
-        let mut b = ReconnectBackoff::with_rng(fastrand::Rng::with_seed(1));
-        let late: Vec<_> = b.by_ref().skip(10).take(200).collect();
-        assert!(late.iter().all(|d| *d <= ReconnectBackoff::CAP));
-        assert!(
-            late.iter()
-                .all(|d| *d >= ReconnectBackoff::CAP.mul_f64(0.8))
-        );
-        // Jitter really varies the delays.
-        assert!(late.iter().any(|d| *d != late[0]));
-    }
-
-    #[test]
-    fn backoff_reset_starts_over() {
-        let mut b = ReconnectBackoff::with_rng(fastrand::Rng::with_seed(3));
-        for _ in 0..5 {
-            b.next();
-        }
-        assert_eq!(b.nominal(), Duration::from_millis(25600));
-        b.reset();
-        assert_eq!(b.nominal(), ReconnectBackoff::BASE);
-        let first = b.next().unwrap();
-        assert!(first <= Duration::from_millis(960) && first >= Duration::from_millis(640));
-    }
-
-    #[test]
-    fn backoff_survives_many_attempts() {
-        let mut b = ReconnectBackoff::with_rng(fastrand::Rng::with_seed(5));
-        assert_eq!(b.by_ref().take(10_000).count(), 10_000);
-        assert!(b.nominal() == ReconnectBackoff::CAP);
-    }
 
     #[test]
     fn parses_what_lxd_5_sends() {

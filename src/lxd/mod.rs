@@ -14,5 +14,5 @@ mod types;
 pub use client::{DEFAULT_TIMEOUT, LxdApi, LxdClient, RequestObserver};
 pub use endpoint::{DEBIAN_SOCKET, DEFAULT_HTTPS_PORT, Endpoint, SNAP_SOCKET};
 pub use error::{ErrorCategory, LxdError};
-pub use events::{EventNotice, EventStream, LifecycleAction, LifecycleEvent, ReconnectBackoff};
+pub use events::{EventNotice, EventStream, LifecycleAction, LifecycleEvent, RECONNECT};
 pub use types::{Instance, Profile, ProfileContent, ProjectInfo, ServerInfo};

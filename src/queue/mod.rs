@@ -23,7 +23,6 @@
 //! earliest deadline, and every call that looks at the queue first moves due keys to the
 //! ready list. Time is `tokio::time::Instant`, so tests drive it with tokio's paused clock.
 
-mod backoff;
 mod metrics;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -36,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use backoff::{BackoffConfig, JITTER};
+pub use crate::backoff::{BackoffConfig, JITTER};
 pub use metrics::QueueMetrics;
 
 use metrics::{QueueHandles, QueueProbe, QueueSample};

@@ -1,16 +1,20 @@
-//! `apply(Plan)`: the only code that writes to LXD. Each write that succeeds is recorded
-//! in the observed cache at once, and the lifecycle event it will cause is expected, so
-//! the controller's own writes never look like drift and need no read-back.
+//! `apply(Plan)` and `apply_cleanup(Cleanup)`: the only code that writes to LXD. It
+//! decides nothing: it carries out steps that `plan` and `collect` decided. Each write that
+//! succeeds is recorded in the observed cache at once, and the lifecycle event it will
+//! cause is expected, so the controller's own writes never look like drift and need no
+//! read-back.
 //!
 //! Profiles are shared by many instances: a profile step holds that profile's lock and
-//! checks the cache again first, so concurrent reconciles create or rewrite it once.
+//! checks the cache again first, so concurrent reconciles create, rewrite or delete it
+//! once, and a clean-up never deletes a profile a reconcile has just started to use.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use crate::lxd::{LxdApi, LxdError, ProfileContent};
-use crate::store::{Object, Observed};
+use crate::store::{Object, Store};
 
+use super::collect::Cleanup;
 use super::expected::owned;
 use super::plan::{Plan, Step};
 
@@ -79,21 +83,11 @@ impl Drop for ProfileGuard<'_> {
     }
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Carries out `plan`, step by step; stops at the first refusal.
 pub async fn apply<L: LxdApi>(
     lxd: &L,
     plan: &Plan,
-    observed: &RwLock<Observed>,
+    store: &Store,
     locks: &ProfileLocks,
 ) -> Result<Applied, ApplyError> {
     let mut done = Applied {
@@ -108,14 +102,15 @@ pub async fn apply<L: LxdApi>(
         match step {
             Step::CreateProfile { name, content } => {
                 let _held = locks.lock(name).await;
-                if read(observed).profile(name).is_some() {
+                if store.observed().profile(name).is_some() {
                     continue; // created meanwhile by another reconcile
                 }
-                create(lxd, name, content, observed).await.map_err(fail)?;
+                create(lxd, name, content, store).await.map_err(fail)?;
             }
             Step::ReplaceProfile { name, content } => {
                 let _held = locks.lock(name).await;
-                if read(observed)
+                if store
+                    .observed()
                     .profile(name)
                     .is_some_and(|p| p.content == *content)
                 {
@@ -123,61 +118,119 @@ pub async fn apply<L: LxdApi>(
                 }
                 // LXD announces a profile update even when it fails part way: the echo
                 // stays expected either way.
-                write(observed).expect_echo(Object::Profile(name.clone()));
+                store
+                    .observed_mut()
+                    .expect_echo(Object::Profile(name.clone()));
                 lxd.replace_profile(name, &owned(content), None)
                     .await
                     .map_err(fail)?;
-                write(observed).set_profile(name, content.clone(), true);
+                store
+                    .observed_mut()
+                    .set_profile(name, content.clone(), true);
                 done.rewritten.push(name.clone());
             }
             Step::SetProfiles { profiles } => {
                 let object = Object::Instance(plan.instance.clone());
-                write(observed).expect_echo(object.clone());
+                store.observed_mut().expect_echo(object.clone());
                 // The PATCH is synchronous and atomic: its success confirms the list.
                 if let Err(e) = lxd
                     .set_instance_profiles(&plan.instance, profiles, None)
                     .await
                 {
-                    write(observed).cancel_echo(&object);
+                    store.observed_mut().cancel_echo(&object);
                     return Err(fail(e));
                 }
-                write(observed).set_instance_profiles(&plan.instance, profiles);
+                store
+                    .observed_mut()
+                    .set_instance_profiles(&plan.instance, profiles);
                 done.profiles = profiles.clone();
                 done.list_set = true;
             }
+            // Deletions come in a `Cleanup`, not in an instance's plan.
+            Step::DeleteProfile { .. } => {}
         }
     }
     Ok(done)
+}
+
+/// What a clean-up did.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub deleted: Vec<String>,
+    /// Profiles kept because LXD still reports them in use, or a reconcile took them
+    /// since the listing.
+    pub kept: Vec<String>,
+    pub failed: Vec<(String, LxdError)>,
+}
+
+/// Carries out the deletions of `cleanup`. Each holds the profile's lock and checks the
+/// cache again first: a profile that an instance uses now, or that is no longer ours, is
+/// kept.
+pub async fn apply_cleanup<L: LxdApi>(
+    lxd: &L,
+    cleanup: &Cleanup,
+    store: &Store,
+    locks: &ProfileLocks,
+) -> Collected {
+    let mut done = Collected::default();
+    for step in &cleanup.steps {
+        let Step::DeleteProfile { name } = step else {
+            continue;
+        };
+        let _held = locks.lock(name).await;
+        let still_doomed = store
+            .observed()
+            .profile(name)
+            .is_some_and(|p| p.owned && p.used_by.is_empty());
+        if !still_doomed {
+            done.kept.push(name.clone());
+            continue;
+        }
+        let object = Object::Profile(name.clone());
+        store.observed_mut().expect_echo(object.clone());
+        match lxd.delete_profile(name).await {
+            Ok(()) => {
+                store.observed_mut().remove_profile(name);
+                done.deleted.push(name.clone());
+            }
+            Err(e) => {
+                store.observed_mut().cancel_echo(&object);
+                match e {
+                    LxdError::NotFound { .. } => store.observed_mut().remove_profile(name),
+                    LxdError::InUse { .. } => done.kept.push(name.clone()),
+                    e => done.failed.push((name.clone(), e)),
+                }
+            }
+        }
+    }
+    done
 }
 
 async fn create<L: LxdApi>(
     lxd: &L,
     name: &str,
     content: &ProfileContent,
-    observed: &RwLock<Observed>,
+    store: &Store,
 ) -> Result<(), LxdError> {
     let object = Object::Profile(name.to_string());
-    write(observed).expect_echo(object.clone());
+    store.observed_mut().expect_echo(object.clone());
     match lxd.create_profile(name, &owned(content)).await {
         Ok(()) => {
-            write(observed).set_profile(name, content.clone(), true);
+            store
+                .observed_mut()
+                .set_profile(name, content.clone(), true);
+            Ok(())
+        }
+        Err(LxdError::AlreadyExists { .. }) => {
+            store.observed_mut().cancel_echo(&object);
+            // Made by someone else since the last listing: read it, so that the next
+            // plan sees its real content and owner; the list can use it now.
+            let (p, _) = lxd.get_profile(name).await?;
+            store.observed_mut().put_lxd_profile(p);
             Ok(())
         }
         Err(e) => {
-            write(observed).cancel_echo(&object);
-            // Made by someone else since the last listing: read it, so that the next
-            // plan sees its real content and owner; the list can use it now.
-            if e.to_string().contains("already exists") {
-                let found = lxd
-                    .list_profiles()
-                    .await?
-                    .into_iter()
-                    .find(|p| p.name == name);
-                if let Some(p) = found {
-                    write(observed).put_lxd_profile(p);
-                }
-                return Ok(());
-            }
+            store.observed_mut().cancel_echo(&object);
             Err(e)
         }
     }

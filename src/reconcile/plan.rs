@@ -25,6 +25,9 @@ pub enum Step {
     },
     /// `PATCH /1.0/instances/<instance>` with the whole list.
     SetProfiles { profiles: Vec<String> },
+    /// `DELETE /1.0/profiles/<name>` of an owned charm profile that nothing expects and
+    /// LXD reports unused (planned by `collect`, never by `plan`).
+    DeleteProfile { name: String },
 }
 
 /// What to do for an instance that exists: possibly nothing.
@@ -102,6 +105,7 @@ impl fmt::Display for Plan {
                 Step::SetProfiles { profiles } => {
                     writeln!(f, "  ~ set profiles [{}]", profiles.join(", "))?
                 }
+                Step::DeleteProfile { name } => writeln!(f, "  - delete profile {name}")?,
             }
         }
         for p in &self.foreign {
@@ -311,6 +315,7 @@ mod tests {
                 Step::CreateProfile { name, .. } => format!("create {name}"),
                 Step::ReplaceProfile { name, .. } => format!("replace {name}"),
                 Step::SetProfiles { profiles } => format!("set {}", profiles.join(",")),
+                Step::DeleteProfile { name } => format!("delete {name}"),
             })
             .collect();
         assert_eq!(

@@ -1,8 +1,10 @@
 //! The desired-state resources (SPEC §2): their types, their names, the charm profile
 //! rules (SPEC §4), and reading them from YAML text.
 //!
-//! Pure: nothing here talks to LXD or watches files.
+//! Pure: nothing here talks to LXD or watches files. `crd` derives the
+//! CustomResourceDefinitions of the three kinds from the same types.
 
+pub mod crd;
 pub mod model;
 pub mod names;
 pub mod parse;

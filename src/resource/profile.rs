@@ -19,10 +19,10 @@ pub struct LxdProfile {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "crate::crd::any_scalar_map")]
+    #[schemars(schema_with = "crate::resource::crd::any_scalar_map")]
     pub config: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "crate::crd::any_scalar_map_map")]
+    #[schemars(schema_with = "crate::resource::crd::any_scalar_map_map")]
     pub devices: BTreeMap<String, BTreeMap<String, String>>,
     /// Keys that were read and dropped (`name`, `used_by`).
     #[serde(skip)]

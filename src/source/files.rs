@@ -1,152 +1,170 @@
-//! The file source: every `*.yaml`/`*.yml` under a directory, recursively.
+//! The file source: every file's last good resources, rescanned when the directory
+//! watcher says something changed and periodically (watchers miss events). A file that
+//! stops parsing keeps its last good resources. Each rescan emits only what changed
+//! (`SourceEvent`s), so the work downstream is proportional to the change.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Whether a file name is one the source reads: YAML, not hidden, not an editor's
-/// temporary file (`.#x.yaml`, `#x.yaml#`, `x.yaml~`, `.x.yaml.swp` all fail one test).
-pub fn is_resource_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.')
-        && !name.starts_with('#')
-        && (name.ends_with(".yaml") || name.ends_with(".yml"))
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::resource::{Problem, Resource, ResourceKey, parse_file};
+
+use super::SourceEvent;
+use super::scan::resource_files;
+
+#[derive(Debug, Default)]
+struct FileState {
+    text: String,
+    /// The last good resources of the file.
+    resources: Vec<Resource>,
+    /// The problems of the current text, if it does not parse.
+    problems: Vec<Problem>,
 }
 
-/// The resource files under `root` (or `root` itself if it is a file), sorted. Hidden
-/// directories are skipped; symbolic links are followed only for files. Unreadable
-/// directories are reported, not fatal.
-pub fn resource_files(root: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    if root.is_file() {
-        files.push(root.to_path_buf());
-        return (files, errors);
+/// Every file's last good resources, and what was last emitted.
+#[derive(Debug, Default)]
+pub struct FileSnapshot {
+    files: BTreeMap<PathBuf, FileState>,
+    emitted: HashMap<ResourceKey, Resource>,
+    invalid: Option<usize>,
+    loaded: bool,
+}
+
+impl FileSnapshot {
+    /// Reads the directory again and says what changed since the last call: upserts and
+    /// removals, the count of files that do not parse when it changed, and `Loaded` after
+    /// the first scan.
+    pub fn scan(&mut self, root: &Path) -> Vec<SourceEvent> {
+        let mut events = Vec::new();
+        if self.rescan(root) {
+            let now: HashMap<ResourceKey, Resource> =
+                self.resources().into_iter().map(|r| (r.key(), r)).collect();
+            let mut gone: Vec<ResourceKey> = self
+                .emitted
+                .keys()
+                .filter(|k| !now.contains_key(k))
+                .cloned()
+                .collect();
+            gone.sort();
+            let mut upserts: Vec<&Resource> = now
+                .iter()
+                .filter(|(k, r)| self.emitted.get(k) != Some(r))
+                .map(|(_, r)| r)
+                .collect();
+            upserts.sort_by_key(|r| r.key());
+            events.extend(upserts.into_iter().cloned().map(SourceEvent::Upsert));
+            events.extend(gone.into_iter().map(SourceEvent::Remove));
+            self.emitted = now;
+        }
+        let invalid = self.broken_files();
+        if self.invalid != Some(invalid) {
+            self.invalid = Some(invalid);
+            events.push(SourceEvent::InvalidCount(invalid));
+        }
+        if !std::mem::replace(&mut self.loaded, true) {
+            events.push(SourceEvent::Loaded);
+        }
+        events
     }
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                errors.push((dir, e));
+
+    /// Reads the directory again; returns whether any resource may have changed. Files
+    /// whose text did not change are not parsed again.
+    pub fn rescan(&mut self, root: &Path) -> bool {
+        let (paths, dir_errors) = resource_files(root);
+        for (dir, e) in dir_errors {
+            warn!(path = %dir.display(), error = %e, "cannot read directory");
+        }
+        let present: HashSet<&PathBuf> = paths.iter().collect();
+        let before = self.files.len();
+        self.files.retain(|p, _| present.contains(p));
+        let mut changed = self.files.len() != before;
+        for path in &paths {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                // Being replaced or unreadable: keep what we had.
+                continue;
+            };
+            let state = self.files.entry(path.clone()).or_default();
+            if state.text == text && !state.text.is_empty() {
                 continue;
             }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(ft) = entry.file_type() else { continue };
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if ft.is_dir() {
-                if !hidden {
-                    stack.push(path);
+            state.text = text;
+            let parsed = parse_file(path);
+            for w in &parsed.warnings {
+                warn!("{w}");
+            }
+            if parsed.errors.is_empty() {
+                if !state.problems.is_empty() {
+                    info!(file = %path.display(), "file parses again");
                 }
-            } else if (ft.is_file() || (ft.is_symlink() && path.is_file()))
-                && is_resource_file(&path)
-            {
-                files.push(path);
+                state.problems.clear();
+                state.resources = parsed.resources.into_iter().map(|l| l.resource).collect();
+                changed = true;
+            } else {
+                for p in &parsed.errors {
+                    warn!("{p} (the file's last good resources are kept)");
+                }
+                state.problems = parsed.errors;
             }
         }
-    }
-    files.sort();
-    (files, errors)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hidden_and_editor_files_are_not_read() {
-        for bad in [
-            ".x.yaml",
-            ".#x.yaml",
-            "#x.yaml#",
-            "x.yaml~",
-            ".x.yaml.swp",
-            "x.json",
-            "x.yaml.tmp",
-        ] {
-            assert!(!is_resource_file(Path::new(bad)), "{bad}");
-        }
-        for good in ["x.yaml", "x.yml", "a/b/x.yaml"] {
-            assert!(is_resource_file(Path::new(good)), "{good}");
-        }
+        changed
     }
 
-    #[test]
-    fn directories_are_walked_recursively_skipping_hidden_ones() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
-        std::fs::create_dir_all(d.path().join(".git")).unwrap();
-        for f in [
-            "x.yaml",
-            "a/y.yml",
-            "a/b/z.yaml",
-            ".git/h.yaml",
-            "a/notes.txt",
-        ] {
-            std::fs::write(d.path().join(f), "").unwrap();
+    /// Files that do not parse now.
+    pub fn broken_files(&self) -> usize {
+        self.files
+            .values()
+            .filter(|s| !s.problems.is_empty())
+            .count()
+    }
+
+    /// The union of every file's resources; of two with the same key, the first file
+    /// (in path order) wins and the other is reported.
+    pub fn resources(&self) -> Vec<Resource> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (path, state) in &self.files {
+            for r in &state.resources {
+                if seen.insert(r.key()) {
+                    out.push(r.clone());
+                } else {
+                    warn!(file = %path.display(), resource = %r.key(), "defined twice: this one is ignored");
+                }
+            }
         }
-        let (files, errors) = resource_files(d.path());
-        assert!(errors.is_empty());
-        let names: Vec<_> = files
-            .iter()
-            .map(|p| {
-                p.strip_prefix(d.path())
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        assert_eq!(names, vec!["a/b/z.yaml", "a/y.yml", "x.yaml"]);
+        out
     }
 }
 
-/// Every resource under some paths, with every problem, as `validate` reports them.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub files: usize,
-    pub resources: Vec<crate::resource::Located>,
-    /// Problems that make a file or a resource unusable, duplicates and profile rule
-    /// violations included, sorted by file and line.
-    pub problems: Vec<crate::resource::Problem>,
-    pub warnings: Vec<crate::resource::Problem>,
-}
-
-/// Reads every resource file under `paths` (files or directories).
-pub fn load(paths: &[PathBuf]) -> Loaded {
-    use crate::resource::{Problem, parse::duplicates, parse_file};
-    let mut out = Loaded::default();
-    for root in paths {
-        if !root.exists() {
-            out.problems.push(Problem {
-                file: root.display().to_string(),
-                line: 0,
-                column: 0,
-                message: "no such file or directory".into(),
-            });
-            continue;
+/// Watches `root` and sends a tick on every change (debounced) and every `rescan`.
+/// The returned watcher must be kept alive.
+pub fn watch(
+    root: &Path,
+    rescan: Duration,
+) -> Result<(mpsc::Receiver<()>, impl Drop), notify::Error> {
+    let (tx, rx) = mpsc::channel(1);
+    let ticker = tx.clone();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(100),
+        None,
+        move |_events: notify_debouncer_full::DebounceEventResult| {
+            // A full channel already holds a tick: changes coalesce.
+            let _ = tx.try_send(());
+        },
+    )?;
+    debouncer.watch(root, notify::RecursiveMode::Recursive)?;
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(rescan);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if ticker.is_closed() {
+                break;
+            }
+            let _ = ticker.try_send(());
         }
-        let (files, errors) = resource_files(root);
-        for (dir, e) in errors {
-            out.problems.push(Problem {
-                file: dir.display().to_string(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read directory: {e}"),
-            });
-        }
-        for f in files {
-            out.files += 1;
-            let parsed = parse_file(&f);
-            out.resources.extend(parsed.resources);
-            out.problems.extend(parsed.errors);
-            out.problems.extend(parsed.rule_violations);
-            out.warnings.extend(parsed.warnings);
-        }
-    }
-    out.problems.extend(duplicates(&out.resources));
-    out.problems.sort();
-    out.warnings.sort();
-    out
+    });
+    Ok((rx, debouncer))
 }

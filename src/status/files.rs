@@ -128,9 +128,24 @@ fn key_and_status(obj: &serde_json::Value) -> Option<(ResourceKey, Status)> {
     Some((ResourceKey::new(kind, ns, name), status))
 }
 
-/// Every object under the state directory (files that do not parse are skipped).
+/// Every object under the state directory, `<namespace>/<plural>/<name>.yaml` (files
+/// that do not parse are skipped).
 pub fn read_all(dir: &Path) -> Vec<serde_json::Value> {
-    let (files, _) = crate::source::files::resource_files(dir);
+    let entries = |d: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let files: Vec<PathBuf> = entries(dir)
+        .iter()
+        .filter(|ns| ns.is_dir())
+        .flat_map(|ns| entries(ns))
+        .filter(|kind| kind.is_dir())
+        .flat_map(|kind| entries(&kind))
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml") && f.is_file())
+        .collect();
     files
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
@@ -148,17 +163,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let files = StatusFiles::open(d.path()).unwrap();
         let key = ResourceKey::new(Kind::Machine, "m", "0");
-        let status = crate::status::next(
-            None,
-            &crate::status::Outcome {
-                phase: Phase::Applied,
-                message: String::new(),
-                profiles: Some(vec!["default".into()]),
-                drift: None,
-            },
-            1,
-            "2026-11-25T10:00:00Z",
-        );
+        let outcome = crate::status::Outcome::InSync {
+            profiles: vec!["default".into()],
+            foreign: vec![],
+        };
+        let status = crate::status::decide(None, &outcome, 1, false, "2026-11-25T10:00:00Z").status;
+        assert_eq!(status.phase, Phase::Applied);
         let obj = serde_json::json!({"apiVersion": "lxdmutater.dev/v1alpha1", "kind": "Machine",
             "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": status});
         assert!(files.write(&key, &obj, &status).unwrap());

@@ -1,5 +1,6 @@
-//! The HTTP endpoints (SPEC §7): `/metrics`, `/healthz`, `/readyz`. They only read the
-//! controller's state; nothing here writes to LXD.
+//! The HTTP endpoints (SPEC §7): `/metrics`, `/healthz`, `/readyz`. They read the
+//! `Health` handle and the metrics, and ask LXD whether it answers; nothing here holds
+//! reconcile state or writes to LXD.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,23 +11,30 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::controller::Controller;
 use crate::lxd::LxdApi;
-use crate::status::metrics::Telemetry;
+
+use super::Health;
+use super::metrics::Telemetry;
 
 /// How long `/readyz` waits for LXD to answer.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A worker holding one key this much longer than the reconcile timeout is stuck.
 const STUCK_GRACE: Duration = Duration::from_secs(10);
 
-struct Shared<L: LxdApi> {
-    ctl: Arc<Controller<L>>,
-    telemetry: Arc<Telemetry>,
+/// What the endpoints read.
+pub struct Endpoints<L: LxdApi> {
+    pub lxd: L,
+    pub health: Health,
+    pub telemetry: Arc<Telemetry>,
+    /// `/healthz` fails when a reconcile runs well past it.
+    pub reconcile_timeout: Duration,
 }
 
+type Shared<L> = Endpoints<L>;
+
 /// The router; `serve` binds it.
-pub fn router<L: LxdApi>(ctl: Arc<Controller<L>>, telemetry: Arc<Telemetry>) -> Router {
-    let shared = Arc::new(Shared { ctl, telemetry });
+pub fn router<L: LxdApi>(endpoints: Endpoints<L>) -> Router {
+    let shared = Arc::new(endpoints);
     Router::new()
         .route("/metrics", get(metrics::<L>))
         .route("/healthz", get(healthz::<L>))
@@ -37,14 +45,12 @@ pub fn router<L: LxdApi>(ctl: Arc<Controller<L>>, telemetry: Arc<Telemetry>) -> 
 /// Serves on `listener` until the process ends.
 pub async fn serve<L: LxdApi>(
     listener: tokio::net::TcpListener,
-    ctl: Arc<Controller<L>>,
-    telemetry: Arc<Telemetry>,
+    endpoints: Endpoints<L>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctl, telemetry)).await
+    axum::serve(listener, router(endpoints)).await
 }
 
 async fn metrics<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoResponse {
-    s.ctl.metrics.set_source_errors(s.ctl.source_errors());
     (
         [(
             header::CONTENT_TYPE,
@@ -56,8 +62,8 @@ async fn metrics<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoRespons
 
 /// Alive: the workers are not stuck past the reconcile timeout.
 async fn healthz<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoResponse {
-    let held = s.ctl.queue.longest_processing();
-    if held > s.ctl.opts.reconcile_timeout + STUCK_GRACE {
+    let held = s.health.longest_reconcile();
+    if held > s.reconcile_timeout + STUCK_GRACE {
         let why = format!("a reconcile has been running for {held:?}");
         return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
@@ -68,13 +74,13 @@ async fn healthz<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoRespons
 /// draining.
 async fn readyz<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoResponse {
     let not = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
-    if s.ctl.is_draining() {
+    if s.health.is_draining() {
         return not("shutting down");
     }
-    if !s.ctl.is_loaded() {
+    if !s.health.is_loaded() {
         return not("desired state or the first LXD listing not loaded yet");
     }
-    match tokio::time::timeout(READY_PROBE_TIMEOUT, s.ctl.lxd.server()).await {
+    match tokio::time::timeout(READY_PROBE_TIMEOUT, s.lxd.server()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok".to_string()),
         Ok(Err(e)) => not(&format!("LXD does not answer: {e}")),
         Err(_) => not("LXD does not answer: timed out"),

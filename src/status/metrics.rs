@@ -58,6 +58,7 @@ pub enum ErrorKind {
     not_found,
     conflict,
     in_use,
+    already_exists,
     rejected,
     unreachable,
     timeout,
@@ -74,10 +75,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::not_found,
         ErrorKind::conflict,
         ErrorKind::in_use,
+        ErrorKind::already_exists,
         ErrorKind::rejected,
         ErrorKind::unreachable,
         ErrorKind::timeout,
@@ -96,6 +98,7 @@ impl From<ErrorCategory> for ErrorKind {
             ErrorCategory::NotFound => ErrorKind::not_found,
             ErrorCategory::Conflict => ErrorKind::conflict,
             ErrorCategory::InUse => ErrorKind::in_use,
+            ErrorCategory::AlreadyExists => ErrorKind::already_exists,
             ErrorCategory::Rejected => ErrorKind::rejected,
             ErrorCategory::Unreachable => ErrorKind::unreachable,
             ErrorCategory::Timeout => ErrorKind::timeout,
@@ -435,9 +438,9 @@ struct LeaseLabel {
 #[derive(Clone, Debug, Default)]
 pub struct LeaderStatus(Family<LeaseLabel, Gauge>);
 
-impl LeaderStatus {
+impl crate::leader::LeadershipGauge for LeaderStatus {
     /// Whether this replica leads, on the lease `name` (one lease per process: one series).
-    pub fn set(&self, name: &str, leading: bool) {
+    fn set(&self, name: &str, leading: bool) {
         self.0
             .get_or_create(&LeaseLabel {
                 name: name.to_string(),

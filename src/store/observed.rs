@@ -1,7 +1,10 @@
 //! The observed LXD state: instance profile lists and profiles, as last listed or written.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that a paused test clock ages the expected echoes.
+use tokio::time::Instant;
 
 use crate::lxd::{Instance, Profile, ProfileContent};
 

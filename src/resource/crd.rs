@@ -10,7 +10,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::resource::{ApplicationSpec, InstanceSpec, Kind, Status};
+use super::{ApplicationSpec, InstanceSpec, Kind, Status};
 
 /// Schema of an LXD config map: any scalar is accepted (SPEC §2 turns it into a string),
 /// so values keep unknown fields instead of declaring a type that would reject `true`.

@@ -14,8 +14,9 @@ use std::time::Duration;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::{info, warn};
 
-use crate::fence::WriteFence;
-use crate::status::metrics::LeaderStatus;
+use std::sync::Arc;
+
+use super::{LeadershipGauge, WriteFence};
 
 /// How this replica takes part.
 #[derive(Clone, Debug)]
@@ -35,7 +36,7 @@ pub struct Leader {
     client: kube::Client,
     config: LeaderConfig,
     fence: WriteFence,
-    metric: LeaderStatus,
+    metric: Arc<dyn LeadershipGauge>,
     name: String,
 }
 
@@ -55,7 +56,7 @@ impl Leader {
         client: kube::Client,
         config: &LeaderConfig,
         fence: WriteFence,
-        metric: LeaderStatus,
+        metric: Arc<dyn LeadershipGauge>,
     ) -> Result<Leader, kube_lease_manager::LeaseManagerError> {
         let manager = manager(client.clone(), config).await?;
         metric.set(&config.lease_name, false);

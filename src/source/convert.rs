@@ -96,6 +96,11 @@ pub fn resource(kind: Kind, obj: &Value) -> Result<Resource, Vec<Problem>> {
     }
 }
 
+/// Whether the kind's objects carry a status this controller writes.
+pub fn has_status(kind: Kind) -> bool {
+    matches!(kind, Kind::Machine | Kind::Container)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,14 @@
 //! Statuses on Kubernetes: the status subresource of each object, written by one task.
 //!
-//! The controller decides a status synchronously (`StatusStore::write`); this store
-//! compares it with the one the API server holds (as the watch last showed it, or as our
-//! last patch set it) and, only when it differs, queues one merge patch of the whole
+//! The status stage decides a status (`decide`, `Reporter`); this store only persists it:
+//! it compares it with the one the API server holds (as the watch last showed it, or as
+//! our last patch set it) and, only when it differs, queues one merge patch of the whole
 //! status. Patches of one key coalesce: a status superseded before it was sent is never
 //! sent. A status write changes neither generation nor anything the source compares, so
 //! it never causes a reconcile.
 //!
-//! The `Ready` condition is derived here: `True` in phase Applied, `False` otherwise,
-//! its `lastTransitionTime` moving only when it flips. An Event is posted when a
-//! resource goes into Error.
+//! A Warning Event is posted when a resource goes into Error, and once per generation for
+//! an object that does not load.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +19,18 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::fence::WriteFence;
-use crate::resource::{Condition, Kind, Phase, ResourceKey, Status};
-use crate::status::{ERROR_PREFIX, StatusStore};
+use crate::backoff::BackoffConfig;
+use crate::leader::WriteFence;
+use crate::resource::{Phase, ResourceKey, Status};
 
-/// The condition type this controller maintains.
-pub const READY: &str = "Ready";
+use super::StatusStore;
+use super::decide::{ERROR_PREFIX, is_invalid_spec};
+
+/// Retry delays of a status patch that failed.
+const RETRY: BackoffConfig = BackoffConfig {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(30),
+};
 /// The field manager and event source of every write.
 pub const MANAGER: &str = "lxd-mutater";
 
@@ -172,17 +177,8 @@ impl KubeStatus {
         }
     }
 
-    /// An object that does not load (its problems in `message`): a Warning Event, once
-    /// per generation; and, for a Machine or Container that has no good version to keep
-    /// managing, status Error with the reason. One that has a good version keeps it (as a
-    /// file that stops parsing does), and its status keeps describing that version.
-    pub fn report_invalid(
-        &self,
-        key: &ResourceKey,
-        generation: Option<u64>,
-        message: &str,
-        has_good_version: bool,
-    ) {
+    /// The source saw the object: see `observe`.
+    fn tell_invalid_once(&self, key: &ResourceKey, generation: Option<u64>, message: &str) {
         {
             let mut s = lock(&self.state);
             if s.invalid.get(key) == Some(&generation) {
@@ -190,57 +186,11 @@ impl KubeStatus {
             }
             s.invalid.insert(key.clone(), generation);
         }
-        let message = format!("{ERROR_PREFIX}invalid spec: {message}");
-        if has_status(key.kind) && !has_good_version {
-            let outcome = crate::status::Outcome {
-                phase: Phase::Error,
-                message: message.clone(),
-                profiles: None,
-                drift: None,
-            };
-            let prev = self.get(key);
-            let status = crate::status::next(
-                prev.as_ref(),
-                &outcome,
-                generation.unwrap_or(0),
-                &crate::status::now(),
-            );
-            let _ = self.write(key, &serde_json::Value::Null, &status);
-        }
         let _ = self.tx.send(Job::Event {
             key: key.clone(),
             reason: "InvalidSpec",
-            message,
+            message: format!("{ERROR_PREFIX}invalid spec: {message}"),
         });
-    }
-
-    /// The object loads again.
-    pub fn valid(&self, key: &ResourceKey) {
-        lock(&self.state).invalid.remove(key);
-    }
-
-    /// Adds the Ready condition to `status`, given the previous one.
-    fn with_conditions(status: &Status, prev: Option<&Status>) -> Status {
-        let ready = if status.phase == Phase::Applied {
-            "True"
-        } else {
-            "False"
-        };
-        let before = prev.and_then(|p| p.conditions.iter().find(|c| c.type_ == READY));
-        let last_transition_time = match before {
-            Some(c) if c.status == ready => c.last_transition_time.clone(),
-            _ => crate::status::now(),
-        };
-        let mut out = status.clone();
-        out.conditions = vec![Condition {
-            type_: READY.into(),
-            status: ready.into(),
-            observed_generation: status.observed_generation,
-            last_transition_time,
-            reason: status.phase.as_str().into(),
-            message: status.message.clone(),
-        }];
-        out
     }
 }
 
@@ -260,12 +210,12 @@ impl StatusStore for KubeStatus {
         _object: &serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool> {
-        let prev = self.get(key);
-        let new = KubeStatus::with_conditions(status, prev.as_ref());
-        if prev.as_ref() == Some(&new) {
+        if self.get(key).as_ref() == Some(status) {
             return Ok(false);
         }
-        lock(&self.state).pending.insert(key.clone(), new);
+        lock(&self.state)
+            .pending
+            .insert(key.clone(), status.clone());
         // The writer lives as long as the process; a send after it is gone is moot.
         let _ = self.tx.send(Job::Status(key.clone()));
         Ok(true)
@@ -278,6 +228,25 @@ impl StatusStore for KubeStatus {
         s.in_flight.remove(key);
         s.invalid.remove(key);
     }
+
+    fn stored(
+        &self,
+        key: &ResourceKey,
+        uid: Option<String>,
+        version: Option<String>,
+        status: Option<Status>,
+    ) {
+        self.observe(key, uid, version, status);
+    }
+
+    /// A Warning Event, once per generation.
+    fn tell_invalid(&self, key: &ResourceKey, generation: Option<u64>, message: &str) {
+        self.tell_invalid_once(key, generation, message);
+    }
+
+    fn tell_valid(&self, key: &ResourceKey) {
+        lock(&self.state).invalid.remove(key);
+    }
 }
 
 impl StatusWriter {
@@ -287,6 +256,7 @@ impl StatusWriter {
     /// superseded it; a missing object, or an answer that retrying cannot change, drops it.
     pub async fn run(mut self) {
         let mut attempts: HashMap<ResourceKey, u32> = HashMap::new();
+        let mut rng = fastrand::Rng::new();
         // The last Error each key was told about in an Event (one per distinct message,
         // not one per retry).
         let mut told: HashMap<ResourceKey, String> = HashMap::new();
@@ -328,7 +298,7 @@ impl StatusWriter {
                         && before.status.as_ref().map(|s| s.phase) != Some(Phase::Error);
                     // An invalid spec has its own event.
                     if into_error
-                        && !status.message.contains("invalid spec: ")
+                        && !is_invalid_spec(&status)
                         && told.get(&key) != Some(&status.message)
                     {
                         told.insert(key.clone(), status.message.clone());
@@ -355,10 +325,8 @@ impl StatusWriter {
                         .entry(key.clone())
                         .or_insert(status);
                     let n = attempts.entry(key.clone()).or_default();
-                    let wait = Duration::from_millis(200)
-                        .saturating_mul(1 << (*n).min(8))
-                        .min(Duration::from_secs(30));
-                    *n += 1;
+                    *n = n.saturating_add(1);
+                    let wait = RETRY.delay(*n, &mut rng);
                     warn!(resource = %key, error = %e, "cannot write status; retrying in {wait:?}");
                     let tx = self.store.tx.clone();
                     tokio::spawn(async move {
@@ -374,7 +342,7 @@ impl StatusWriter {
         Api::namespaced_with(
             self.client.clone(),
             &key.namespace,
-            &crate::crd::api_resource(key.kind),
+            &crate::resource::crd::api_resource(key.kind),
         )
     }
 
@@ -438,48 +406,5 @@ impl StatusWriter {
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             warn!(resource = %key, error = %e, "cannot post an event");
         }
-    }
-}
-
-/// Whether the kind's objects carry a status this controller writes.
-pub fn has_status(kind: Kind) -> bool {
-    matches!(kind, Kind::Machine | Kind::Container)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(phase: Phase) -> Status {
-        crate::status::next(
-            None,
-            &crate::status::Outcome {
-                phase,
-                message: String::new(),
-                profiles: Some(vec!["default".into()]),
-                drift: None,
-            },
-            2,
-            "2026-11-25T10:00:00Z",
-        )
-    }
-
-    #[test]
-    fn ready_keeps_its_time_until_it_flips() {
-        let a = KubeStatus::with_conditions(&status(Phase::Applied), None);
-        let mut old = a.clone();
-        old.conditions[0].last_transition_time = "then".into();
-        let b = KubeStatus::with_conditions(&status(Phase::Applied), Some(&old));
-        assert_eq!(b.conditions[0].last_transition_time, "then");
-        assert_eq!(b.conditions[0].status, "True");
-        let c = KubeStatus::with_conditions(&status(Phase::Error), Some(&old));
-        assert_ne!(c.conditions[0].last_transition_time, "then");
-        assert_eq!(
-            (
-                c.conditions[0].status.as_str(),
-                c.conditions[0].reason.as_str()
-            ),
-            ("False", "Error")
-        );
     }
 }

@@ -1,6 +1,10 @@
-//! Per-key retry delays: exponential from a base, capped, with a little jitter.
+//! The one backoff: exponential from a base, capped, with a little jitter. The work
+//! queue's per-key retries, the LXD events reconnect, the Kubernetes watches and the
+//! status writer all wait by it.
 //!
-//! Pure: the random draw comes in as a parameter, so the delay sequence is exact in tests.
+//! `BackoffConfig::delay` is pure (the random draw comes in as a parameter, so the delay
+//! sequence is exact in tests); `Backoff` is the same sequence for one retry loop.
+//! Imports nothing of the crate: it sits at the bottom.
 
 use std::time::Duration;
 
@@ -52,6 +56,53 @@ impl BackoffConfig {
         let jitter = Duration::try_from_secs_f64(exponential.as_secs_f64() * JITTER * draw)
             .unwrap_or(Duration::ZERO);
         exponential.saturating_add(jitter).min(self.cap)
+    }
+}
+
+/// One retry loop's delays: the `config`'s sequence, counting its own attempts;
+/// `reset` after a success starts over from the base.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    config: BackoffConfig,
+    failures: u32,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    pub fn new(config: BackoffConfig) -> Backoff {
+        Backoff::with_rng(config, fastrand::Rng::new())
+    }
+
+    /// A seeded generator makes the sequence reproducible in tests.
+    pub fn with_rng(config: BackoffConfig, rng: fastrand::Rng) -> Backoff {
+        Backoff {
+            config,
+            failures: 0,
+            rng,
+        }
+    }
+
+    /// The delay before the next try, counting one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.config.delay(self.failures, &mut self.rng)
+    }
+
+    /// The delay the next failure will wait, before jitter (for log lines).
+    pub fn peek(&self) -> Duration {
+        self.config
+            .delay_with_draw(self.failures.saturating_add(1), 0.0)
+    }
+
+    /// Waits the next delay (tokio's clock, so a paused test clock drives it).
+    pub async fn wait(&mut self) {
+        let delay = self.next_delay();
+        tokio::time::sleep(delay).await;
+    }
+
+    /// A success: the next failure waits the base again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -149,5 +200,22 @@ mod tests {
             cap: ms(1_000),
         };
         assert_eq!(config.delay_with_draw(1, 0.5), ms(1_000));
+    }
+
+    #[test]
+    fn a_retry_loop_follows_the_config_and_starts_over_on_reset() {
+        let config = BackoffConfig {
+            base: ms(100),
+            cap: ms(1_000),
+        };
+        let mut b = Backoff::with_rng(config, fastrand::Rng::with_seed(3));
+        let mut rng = fastrand::Rng::with_seed(3);
+        let expected: Vec<Duration> = (1..=6).map(|n| config.delay(n, &mut rng)).collect();
+        let got: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(b.peek(), ms(1_000));
+        b.reset();
+        assert_eq!(b.peek(), ms(100));
+        assert!(b.next_delay() < ms(111));
     }
 }

@@ -1,0 +1,125 @@
+//! The commands, one file each: `run` wires the stages and runs them; `diff`, `get`,
+//! `validate` and `crds` are one-shot. What two commands share (the runtime, logs, the
+//! LXD connection, loading a resources directory) is here.
+
+pub mod crds;
+pub mod diff;
+pub mod get;
+pub mod run;
+pub mod validate;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::warn;
+
+use crate::cli::{Cli, Command, LxdArgs};
+use crate::lxd::{Endpoint, LxdClient, LxdError};
+use crate::resource::ProfileNames;
+use crate::source::files::FileSnapshot;
+use crate::status::metrics::Telemetry;
+
+/// Runs the command line; the process's exit code.
+pub fn main() -> ExitCode {
+    // One TLS provider for the whole process (kube's client builds its config from the
+    // process default); a second install attempt is harmless.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { paths } => validate::validate(&paths),
+        Command::Crds => crds::crds(),
+        Command::Run(args) => runtime(run::run(*args)),
+        Command::Diff(args) => runtime(diff::diff(args.lxd, args.resources)),
+        Command::Get(args) => get::get(args),
+    }
+}
+
+fn runtime(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The LXD client the flags describe, reporting its requests to the metrics, and the
+/// profile name templates.
+fn connect(args: &LxdArgs, telemetry: &Telemetry) -> anyhow::Result<(LxdClient, ProfileNames)> {
+    let endpoint = Endpoint::parse(
+        args.lxd.as_deref(),
+        args.lxd_client_cert.clone(),
+        args.lxd_client_key.clone(),
+        args.lxd_server_cert.clone(),
+    )?;
+    let lxd =
+        LxdClient::new(&endpoint, &args.lxd_project)?.with_observer(telemetry.metrics.clone());
+    let names = ProfileNames::new(&args.charm_profile_template, &args.model_profile_template)
+        .map_err(anyhow::Error::msg)?;
+    Ok((lxd, names))
+}
+
+/// LXD 5.0 lists nothing, without an error, for a project that does not exist: check it
+/// once, so that a typo in --lxd-project is not reported as every instance missing.
+async fn check_project(lxd: &LxdClient) -> anyhow::Result<()> {
+    match lxd.get_project().await {
+        Ok(p) if !p.isolates_profiles() => {
+            warn!(
+                project = lxd.project(),
+                "project has features.profiles=false: its profiles are the default project's"
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(LxdError::NotFound { .. }) => {
+            anyhow::bail!(
+                "LXD project {:?} does not exist (--lxd-project)",
+                lxd.project()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The first scan of a resources directory.
+fn load_dir(dir: &std::path::Path) -> anyhow::Result<FileSnapshot> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--resources {}: not a directory",
+        dir.display()
+    );
+    let mut snapshot = FileSnapshot::default();
+    snapshot.rescan(dir);
+    Ok(snapshot)
+}
+
+/// Context for an LXD listing error.
+fn listing<T>(r: Result<T, LxdError>) -> anyhow::Result<T> {
+    r.context("listing LXD")
+}

@@ -1,0 +1,145 @@
+//! `collect(desired, observed) -> Cleanup`: pure. Which owned charm profiles nothing
+//! expects any more and LXD reports unused: `DeleteProfile` steps that only `apply`
+//! carries out, and that `diff` shows.
+//!
+//! The caller plans a clean-up only once both the whole desired state and a full LXD
+//! listing are loaded: never on a partial view.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::resource::ProfileNames;
+use crate::store::Observed;
+
+use super::plan::Step;
+
+/// Deletions of unused owned profiles, sorted by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub steps: Vec<Step>,
+}
+
+impl Cleanup {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+impl fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            if let Step::DeleteProfile { name } = s {
+                writeln!(
+                    f,
+                    "  - delete profile {name} (owned, unused, expected by no resource)"
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plans the deletion of every profile that is owned, a charm profile by its name, used
+/// by no instance and expected by no resource (`expected`: every charm profile any
+/// resource expects, whatever the flavour: another host's containers still need theirs).
+/// With `namespace` (a controller of one namespace), only that namespace's charm
+/// profiles: controllers of other namespaces on the same LXD keep theirs.
+pub fn collect(
+    observed: &Observed,
+    expected: &HashSet<String>,
+    names: &ProfileNames,
+    namespace: Option<&str>,
+) -> Cleanup {
+    let mut doomed: Vec<String> = observed
+        .profiles()
+        .filter(|(name, p)| {
+            p.owned
+                && p.used_by.is_empty()
+                && names.is_charm_profile(name)
+                && !expected.contains(name.as_str())
+                && namespace.is_none_or(|ns| names.parse_charm_profile(name, ns).is_some())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    doomed.sort();
+    Cleanup {
+        steps: doomed
+            .into_iter()
+            .map(|name| Step::DeleteProfile { name })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lxd::{Profile, ProfileContent};
+    use crate::store::{OWNER_KEY, OWNER_VALUE};
+
+    fn profile(name: &str, owned: bool, used_by: &[&str]) -> Profile {
+        let mut content = ProfileContent::default();
+        if owned {
+            content.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
+        }
+        Profile {
+            name: name.into(),
+            content,
+            used_by: used_by
+                .iter()
+                .map(|i| format!("/1.0/instances/{i}?project=p"))
+                .collect(),
+        }
+    }
+
+    fn observed(profiles: Vec<Profile>) -> Observed {
+        let mut o = Observed::default();
+        o.replace(vec![], profiles);
+        o
+    }
+
+    fn names(c: &Cleanup) -> Vec<&str> {
+        c.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::DeleteProfile { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_owned_unused_unexpected_charm_profiles_are_deleted() {
+        let o = observed(vec![
+            profile("juju-m-b-1", true, &[]),
+            profile("juju-m-a-1", true, &[]),
+            profile("juju-m-a-2", true, &[]),
+            profile("juju-m-used-1", true, &["i0"]),
+            profile("juju-m-theirs-1", false, &[]),
+            profile("juju-m", true, &[]),
+            profile("ops", true, &[]),
+        ]);
+        let expected: HashSet<String> = ["juju-m-a-2".to_string()].into();
+        let c = collect(&o, &expected, &ProfileNames::default(), None);
+        assert_eq!(names(&c), ["juju-m-a-1", "juju-m-b-1"]);
+    }
+
+    #[test]
+    fn a_namespaced_controller_collects_only_its_namespace() {
+        let o = observed(vec![
+            profile("juju-m-a-1", true, &[]),
+            profile("juju-other-a-1", true, &[]),
+        ]);
+        let c = collect(&o, &HashSet::new(), &ProfileNames::default(), Some("m"));
+        assert_eq!(names(&c), ["juju-m-a-1"]);
+    }
+
+    #[test]
+    fn the_plan_says_what_it_deletes() {
+        let o = observed(vec![profile("juju-m-a-1", true, &[])]);
+        let c = collect(&o, &HashSet::new(), &ProfileNames::default(), None);
+        assert_eq!(
+            c.to_string(),
+            "  - delete profile juju-m-a-1 (owned, unused, expected by no resource)\n"
+        );
+    }
+}

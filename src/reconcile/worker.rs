@@ -1,0 +1,401 @@
+//! The workers: take a key from the queue, and run the chain for it:
+//! snapshot (from the store) -> plan (pure) -> apply (the only LXD writes) -> report
+//! (the status stage). The clean-up of unused profiles is a key of its own: collect
+//! (pure) -> apply.
+//!
+//! A worker formats no status and decides no phase: it hands a typed `Outcome` to the
+//! `Reporter`. It tells the queue whether a key succeeded (`forget`) or is to be retried
+//! with backoff (`add_rate_limited`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::lxd::{LxdApi, LxdError};
+use crate::queue::{BackoffConfig, WorkQueue};
+use crate::resource::{Kind, Phase, ProfileNames, ResourceKey, Workload};
+use crate::status::metrics::{ErrorKind, Metrics, ReconcileResult};
+use crate::status::{Outcome, Reporter};
+use crate::store::{LxdFeed, Snapshot, Store};
+
+use super::apply::{ProfileLocks, apply, apply_cleanup};
+use super::collect::{Cleanup, collect};
+use super::plan::{Decision, Plan, plan};
+
+/// What the queue holds: a resource to reconcile, or the clean-up of unused profiles.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WorkKey {
+    Resource(ResourceKey),
+    /// Delete owned charm profiles that nothing expects and LXD reports unused.
+    Collect,
+}
+
+/// How the workers run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Container flavour only, for the containers of this host machine.
+    pub machine: Option<String>,
+    pub workers: usize,
+    pub resync: Duration,
+    pub dry_run: bool,
+    pub backoff: BackoffConfig,
+    pub names: ProfileNames,
+    /// A reconcile running longer is abandoned, counted, and retried with backoff.
+    pub reconcile_timeout: Duration,
+    /// Only this namespace's resources are known (`--namespace`): unused profiles are
+    /// collected only when their name is one of this namespace's charm profiles, so that
+    /// controllers of other namespaces on the same LXD keep theirs.
+    pub namespace: Option<String>,
+}
+
+impl Options {
+    /// The defaults of `run`.
+    pub fn new(names: ProfileNames) -> Options {
+        Options {
+            machine: None,
+            workers: 4,
+            resync: Duration::from_secs(600),
+            dry_run: false,
+            backoff: BackoffConfig::default(),
+            names,
+            reconcile_timeout: Duration::from_secs(60),
+            namespace: None,
+        }
+    }
+
+    /// Whether this process manages `w`: with `--machine`, only the containers of that
+    /// host.
+    pub fn manages(&self, key: &ResourceKey, w: &Workload) -> bool {
+        match (&self.machine, key.kind) {
+            (None, Kind::Machine | Kind::Container) => true,
+            (Some(host), Kind::Container) => w.spec.machine.as_deref() == Some(host.as_str()),
+            _ => false,
+        }
+    }
+}
+
+/// Why a reconcile did not succeed, for the queue and for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// LXD refused or failed: retried with backoff.
+    #[error(transparent)]
+    Lxd(#[from] LxdError),
+    /// The instance is not in LXD: retried with backoff.
+    #[error("instance {0:?} not found")]
+    MissingInstance(String),
+    #[error("reconcile took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+impl ReconcileError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ReconcileError::Lxd(e) => e.category().into(),
+            ReconcileError::MissingInstance(_) => ErrorKind::missing_instance,
+            ReconcileError::Timeout(_) => ErrorKind::reconcile_timeout,
+        }
+    }
+}
+
+/// What the workers share.
+pub struct Worker<L: LxdApi> {
+    lxd: L,
+    store: Arc<Store>,
+    feed: Arc<LxdFeed<L>>,
+    queue: WorkQueue<WorkKey>,
+    report: Arc<Reporter>,
+    metrics: Arc<Metrics>,
+    opts: Options,
+    locks: ProfileLocks,
+}
+
+impl<L: LxdApi> Worker<L> {
+    pub fn new(
+        lxd: L,
+        store: Arc<Store>,
+        feed: Arc<LxdFeed<L>>,
+        queue: WorkQueue<WorkKey>,
+        report: Arc<Reporter>,
+        metrics: Arc<Metrics>,
+        opts: Options,
+    ) -> Arc<Worker<L>> {
+        Arc::new(Worker {
+            lxd,
+            store,
+            feed,
+            queue,
+            report,
+            metrics,
+            opts,
+            locks: ProfileLocks::default(),
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Runs `--workers` workers until the queue shuts down. With `once`, a failure is
+    /// final (no backoff waits) except a conflict, retried at once, and the queue shuts
+    /// down when it is empty.
+    pub async fn run(self: Arc<Self>, once: bool) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.opts.workers.max(1) {
+            let me = self.clone();
+            tasks.spawn(async move {
+                while let Some(key) = me.queue.get().await {
+                    me.process_and_settle(&key, once).await;
+                    me.queue.done(&key);
+                    if once && me.queue.is_empty() && me.queue.processing() == 0 {
+                        me.queue.shutdown();
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One key: processed, counted, and settled with the queue.
+    async fn process_and_settle(&self, key: &WorkKey, once: bool) {
+        let started = Instant::now();
+        let result = self.process(key).await;
+        if let WorkKey::Resource(k) = key {
+            let counted = match &result {
+                Ok(Some(Phase::Error)) => ReconcileResult::error,
+                Ok(_) => ReconcileResult::success,
+                Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => ReconcileResult::requeue,
+                Err(_) => ReconcileResult::error,
+            };
+            self.metrics.reconciled(k.kind, counted, started.elapsed());
+            if let Err(e) = &result {
+                self.metrics.error(k.kind, e.kind());
+            }
+        }
+        match result {
+            Ok(_) => self.queue.forget(key),
+            Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => self.queue.add(key.clone()),
+            Err(e) if !once => {
+                debug!(key = ?key, error = %e, "requeued with backoff");
+                self.queue.add_rate_limited(key.clone());
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Runs one key, within the reconcile timeout; the phase it ended in (`None`: not
+    /// managed, or the clean-up).
+    pub async fn process(&self, key: &WorkKey) -> Result<Option<Phase>, ReconcileError> {
+        match key {
+            WorkKey::Collect => {
+                self.collect().await;
+                Ok(None)
+            }
+            WorkKey::Resource(k) => {
+                let limit = self.opts.reconcile_timeout;
+                tokio::time::timeout(limit, self.reconcile(k))
+                    .await
+                    .unwrap_or(Err(ReconcileError::Timeout(limit)))
+            }
+        }
+    }
+
+    fn plan(&self, key: &ResourceKey, snapshot: &Snapshot) -> Decision {
+        plan(
+            key.kind,
+            &snapshot.workload,
+            |n| snapshot.application(n),
+            &self.store.observed(),
+            &self.opts.names,
+        )
+    }
+
+    /// Reconciles one Machine or Container: snapshot -> plan -> apply -> report.
+    pub async fn reconcile(&self, key: &ResourceKey) -> Result<Option<Phase>, ReconcileError> {
+        let Some(snapshot) = self.store.snapshot(key) else {
+            return Ok(None); // deleted meanwhile: no longer managed
+        };
+        let w = &snapshot.workload;
+        if !self.opts.manages(key, w) {
+            return Ok(None);
+        }
+        let mut decision = self.plan(key, &snapshot);
+        if let Decision::UnknownInstance(_) = &decision {
+            // The cache may be older than the instance: list LXD again (two requests,
+            // whatever the fleet's size) before saying it is missing.
+            if let Err(e) = self.feed.relist().await {
+                let failed = Outcome::Failed {
+                    cause: e.to_string(),
+                    profiles: None,
+                };
+                self.report.report(key, w, &failed);
+                return Err(e.into());
+            }
+            decision = self.plan(key, &snapshot);
+        }
+        let (outcome, result) = match decision {
+            Decision::Skip(why) => (Outcome::Skipped(why), Ok(())),
+            Decision::Pending => (Outcome::Pending, Ok(())),
+            Decision::Invalid(why) => {
+                self.metrics.error(key.kind, ErrorKind::invalid);
+                (Outcome::Invalid(why), Ok(()))
+            }
+            Decision::UnknownInstance(instance) => (
+                Outcome::MissingInstance(instance.clone()),
+                Err(ReconcileError::MissingInstance(instance)),
+            ),
+            Decision::Act(p) => return self.act(key, w, p).await.map(Some),
+        };
+        let phase = self.report.report(key, w, &outcome);
+        result.map(|()| Some(phase))
+    }
+
+    /// Applies a plan for an instance that exists, and reports each stage.
+    async fn act(&self, key: &ResourceKey, w: &Workload, p: Plan) -> Result<Phase, ReconcileError> {
+        if p.is_empty() {
+            let outcome = Outcome::InSync {
+                profiles: p.current.clone(),
+                foreign: p.foreign.clone(),
+            };
+            return Ok(self.report.report(key, w, &outcome));
+        }
+        // Drift of the list: LXD moved away from what was applied, the expected list
+        // unchanged (a new revision or application is an update, not drift).
+        let list_drift = p.list_differs()
+            && self.report.last(key).is_some_and(|s| {
+                matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected
+            });
+        if self.opts.dry_run {
+            return Ok(self.report_drift(key, w, &p, list_drift));
+        }
+        let list_drift_text = list_drift.then(|| p.describe());
+        let applying = Outcome::Applying {
+            profiles: p.current.clone(),
+            list_drift: list_drift_text.clone(),
+        };
+        self.report.report(key, w, &applying);
+        let started = Instant::now();
+        match apply(&self.lxd, &p, &self.store, &self.locks).await {
+            Ok(applied) => {
+                info!(
+                    resource = %key,
+                    instance = %p.instance,
+                    result = "applied",
+                    current = ?p.current,
+                    expected = ?p.expected,
+                    drift = list_drift_text.as_deref().unwrap_or(""),
+                    rewritten = ?applied.rewritten,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+                let outcome = Outcome::Applied {
+                    profiles: applied.profiles,
+                    rewritten: applied.rewritten,
+                    list_drift_corrected: list_drift && applied.list_set,
+                    foreign: p.foreign.clone(),
+                };
+                let phase = self.report.report(key, w, &outcome);
+                if applied.list_set {
+                    self.queue.add(WorkKey::Collect);
+                }
+                Ok(phase)
+            }
+            Err(e) => {
+                warn!(
+                    resource = %key,
+                    instance = %p.instance,
+                    result = "error",
+                    current = ?p.current,
+                    expected = ?p.expected,
+                    error = %e,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "reconcile failed"
+                );
+                let now = self
+                    .store
+                    .observed()
+                    .instance_profiles(&p.instance)
+                    .map(<[String]>::to_vec);
+                let failed = Outcome::Failed {
+                    cause: e.to_string(),
+                    profiles: now,
+                };
+                self.report.report(key, w, &failed);
+                Err(e.cause.into())
+            }
+        }
+    }
+
+    /// `--dry-run`: say what drifted (counted once, not on every pass), touch nothing.
+    fn report_drift(&self, key: &ResourceKey, w: &Workload, p: &Plan, list_drift: bool) -> Phase {
+        let described = p.describe();
+        let prev = self.report.last(key);
+        let new = prev
+            .as_ref()
+            .and_then(|s| s.drift.as_ref())
+            .map(|d| d.last.as_str())
+            != Some(described.as_str());
+        let outcome = Outcome::Drifted {
+            profiles: p.current.clone(),
+            described,
+            new,
+            list_drift,
+            content_drift: p.rewritten().next().is_some(),
+        };
+        self.report.report(key, w, &outcome)
+    }
+
+    /// The clean-up to run now: nothing before both the desired state and a full listing
+    /// are loaded, nothing in `--dry-run`.
+    pub fn cleanup(&self) -> Cleanup {
+        if !self.store.is_loaded() {
+            return Cleanup::default();
+        }
+        let expected = self
+            .store
+            .desired()
+            .expected_charm_profiles(&self.opts.names);
+        collect(
+            &self.store.observed(),
+            &expected,
+            &self.opts.names,
+            self.opts.namespace.as_deref(),
+        )
+    }
+
+    /// Deletes owned charm profiles that no resource expects and that LXD reports unused.
+    async fn collect(&self) {
+        if self.opts.dry_run {
+            return;
+        }
+        let cleanup = self.cleanup();
+        if cleanup.is_empty() {
+            return;
+        }
+        let done = apply_cleanup(&self.lxd, &cleanup, &self.store, &self.locks).await;
+        for name in &done.deleted {
+            info!(profile = %name, "deleted unused profile");
+        }
+        for name in &done.kept {
+            debug!(profile = %name, "in use again: kept");
+        }
+        for (name, e) in &done.failed {
+            warn!(profile = %name, error = %e, "cannot delete unused profile");
+        }
+    }
+
+    /// The plans of every managed resource, without touching anything (for `diff`).
+    pub fn plans(&self) -> Vec<(ResourceKey, Decision)> {
+        self.store
+            .workload_keys()
+            .into_iter()
+            .filter_map(|k| {
+                let snapshot = self.store.snapshot(&k)?;
+                self.opts
+                    .manages(&k, &snapshot.workload)
+                    .then(|| (k.clone(), self.plan(&k, &snapshot)))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,1257 @@
+//! `MemLxd`: an in-memory LXD behind the `LxdApi` seam, for unit tests.
+//!
+//! It is a test double that answers as LXD 5.0 does for the calls the controller makes:
+//! the same refusals (404, 412, "in use", "already exists", the undeletable `default`
+//! profile) with LXD's own texts, an ETag per object, `used_by` URLs, and one lifecycle
+//! event per change. On top of that it counts requests, injects faults (errors, latency,
+//! hangs, an unreachable server) and lets a test play the operator who edits LXD by hand.
+//!
+//! It is not LXD: no networking, no HTTP, no JSON, no operations, no projects beyond the
+//! one it is built for, no validation of config keys or devices. ETags are counters, not
+//! content hashes, so every write changes them even when nothing changed. Names are used
+//! in request paths as given (the real client percent-encodes them).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::lxd::{
+    EventNotice, Instance, LifecycleAction, LifecycleEvent, LxdApi, LxdError, Profile,
+    ProfileContent, ServerInfo,
+};
+
+/// The project a `MemLxd::new()` serves.
+pub const DEFAULT_PROJECT: &str = "test";
+
+/// The HTTP methods the client uses; anything else given to a fault helper is a typo in
+/// a test, which would otherwise silently inject nothing.
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// One call that reached the double, as the real client would have sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: &'static str,
+    /// Path and query, without the `?project=` the real client adds to everything.
+    pub path: String,
+}
+
+impl Request {
+    pub fn new(method: &'static str, path: impl Into<String>) -> Request {
+        Request {
+            method,
+            path: path.into(),
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+}
+
+type MakeError = Arc<dyn Fn() -> LxdError + Send + Sync>;
+
+/// An in-memory LXD serving one project. Clones share one server.
+#[derive(Clone)]
+pub struct MemLxd {
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    project: String,
+    instances: BTreeMap<String, MemInstance>,
+    profiles: BTreeMap<String, MemProfile>,
+    /// The source of ETags: bumped on every write, so no two versions share one.
+    etag_counter: u64,
+    requests: Vec<Request>,
+    writes_succeeded: usize,
+    /// Checked in order; the first rule for a method answers.
+    rules: Vec<FailRule>,
+    delays: HashMap<&'static str, Duration>,
+    hung: HashSet<&'static str>,
+    unreachable: bool,
+    subscribers: Vec<UnboundedSender<EventNotice>>,
+}
+
+struct MemInstance {
+    profiles: Vec<String>,
+    config: BTreeMap<String, String>,
+    etag: String,
+}
+
+struct MemProfile {
+    content: ProfileContent,
+    etag: String,
+}
+
+struct FailRule {
+    method: &'static str,
+    /// `None`: until `heal()`.
+    remaining: Option<usize>,
+    make: MakeError,
+}
+
+/// What the fault settings say about one call, decided when it arrives.
+enum Gate {
+    Refused(LxdError),
+    Hang,
+    Go {
+        delay: Option<Duration>,
+        fault: Option<MakeError>,
+    },
+}
+
+impl MemLxd {
+    /// An empty server for project `test`.
+    pub fn new() -> MemLxd {
+        MemLxd::with_project(DEFAULT_PROJECT)
+    }
+
+    /// An empty server for `project`; it shows in `used_by` URLs and in events.
+    pub fn with_project(project: &str) -> MemLxd {
+        MemLxd {
+            state: Arc::new(Mutex::new(State {
+                project: project.to_string(),
+                instances: BTreeMap::new(),
+                profiles: BTreeMap::new(),
+                etag_counter: 0,
+                requests: Vec::new(),
+                writes_succeeded: 0,
+                rules: Vec::new(),
+                delays: HashMap::new(),
+                hung: HashSet::new(),
+                unreachable: false,
+                subscribers: Vec::new(),
+            })),
+        }
+    }
+
+    pub fn project(&self) -> String {
+        self.with(|s| s.project.clone())
+    }
+
+    // Seeding and inspection: not requests, no events, no faults.
+
+    /// Creates or replaces an instance. The profiles are not checked, so a test can set
+    /// up a state LXD would refuse.
+    pub fn add_instance(&self, name: &str, profiles: &[&str]) {
+        self.with(|s| {
+            let etag = s.next_etag();
+            s.instances.insert(
+                name.to_string(),
+                MemInstance {
+                    profiles: to_strings(profiles),
+                    config: BTreeMap::new(),
+                    etag,
+                },
+            );
+        });
+    }
+
+    /// Creates or replaces a profile.
+    pub fn add_profile(&self, name: &str, content: ProfileContent) {
+        self.with(|s| {
+            let etag = s.next_etag();
+            s.profiles
+                .insert(name.to_string(), MemProfile { content, etag });
+        });
+    }
+
+    pub fn instance_profiles(&self, name: &str) -> Option<Vec<String>> {
+        self.with(|s| s.instances.get(name).map(|i| i.profiles.clone()))
+    }
+
+    pub fn instance_config(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.with(|s| s.instances.get(name).map(|i| i.config.clone()))
+    }
+
+    pub fn profile(&self, name: &str) -> Option<ProfileContent> {
+        self.with(|s| s.profiles.get(name).map(|p| p.content.clone()))
+    }
+
+    pub fn profile_names(&self) -> Vec<String> {
+        self.with(|s| s.profiles.keys().cloned().collect())
+    }
+
+    // An operator's `lxc` commands: not requests and never faulted, but they change
+    // ETags and emit events, which is how the controller notices drift.
+
+    /// `lxc profile assign INSTANCE a,b`. Panics when the instance does not exist: that
+    /// is a mistake in the test, not a scenario.
+    pub fn set_profiles_by_hand(&self, instance: &str, profiles: &[&str]) {
+        self.with(|s| {
+            let etag = s.next_etag();
+            let Some(inst) = s.instances.get_mut(instance) else {
+                panic!("set_profiles_by_hand: no instance {instance:?}");
+            };
+            inst.profiles = to_strings(profiles);
+            inst.etag = etag;
+            s.emit(LifecycleAction::InstanceUpdated, instance);
+        });
+    }
+
+    /// `lxc profile edit NAME`, or `lxc profile create` first when it does not exist
+    /// (then the event is `profile-created`).
+    pub fn set_profile_content_by_hand(&self, name: &str, content: ProfileContent) {
+        self.with(|s| {
+            let etag = s.next_etag();
+            let action = match s.profiles.get_mut(name) {
+                Some(p) => {
+                    p.content = content;
+                    p.etag = etag;
+                    LifecycleAction::ProfileUpdated
+                }
+                None => {
+                    s.profiles
+                        .insert(name.to_string(), MemProfile { content, etag });
+                    LifecycleAction::ProfileCreated
+                }
+            };
+            s.emit(action, name);
+        });
+    }
+
+    /// `lxc config set INSTANCE KEY VALUE` (`None`: `lxc config unset`). Panics when the
+    /// instance does not exist.
+    pub fn set_instance_config_by_hand(&self, instance: &str, key: &str, value: Option<&str>) {
+        self.with(|s| {
+            let etag = s.next_etag();
+            let Some(inst) = s.instances.get_mut(instance) else {
+                panic!("set_instance_config_by_hand: no instance {instance:?}");
+            };
+            match value {
+                Some(v) => inst.config.insert(key.to_string(), v.to_string()),
+                None => inst.config.remove(key),
+            };
+            inst.etag = etag;
+            s.emit(LifecycleAction::InstanceUpdated, instance);
+        });
+    }
+
+    // Request accounting.
+
+    /// Every trait call since the start or the last `clear_requests`, in arrival order,
+    /// refused and unfinished ones included.
+    pub fn requests(&self) -> Vec<Request> {
+        self.with(|s| s.requests.clone())
+    }
+
+    /// Calls that are not `GET`, whatever their outcome.
+    pub fn writes(&self) -> usize {
+        self.with(|s| s.requests.iter().filter(|r| r.is_write()).count())
+    }
+
+    /// Calls that are not `GET` and changed the state.
+    pub fn writes_succeeded(&self) -> usize {
+        self.with(|s| s.writes_succeeded)
+    }
+
+    /// Forgets the requests and resets both write counts.
+    pub fn clear_requests(&self) {
+        self.with(|s| {
+            s.requests.clear();
+            s.writes_succeeded = 0;
+        });
+    }
+
+    // Fault injection. A call is judged when it arrives, before any delay, so the order
+    // in which rules are consumed is the order of the calls.
+
+    /// The next `n` calls with `method` fail with `make()` and change nothing. Rules
+    /// queue: a later rule for the same method starts when the earlier ones are used up.
+    pub fn fail_next(
+        &self,
+        method: &'static str,
+        n: usize,
+        make: impl Fn() -> LxdError + Send + Sync + 'static,
+    ) {
+        check_method(method);
+        if n == 0 {
+            return;
+        }
+        self.with(|s| {
+            s.rules.push(FailRule {
+                method,
+                remaining: Some(n),
+                make: Arc::new(make),
+            });
+        });
+    }
+
+    /// Every call with `method` fails with `make()` until `heal()`.
+    pub fn fail_always(
+        &self,
+        method: &'static str,
+        make: impl Fn() -> LxdError + Send + Sync + 'static,
+    ) {
+        check_method(method);
+        self.with(|s| {
+            s.rules.push(FailRule {
+                method,
+                remaining: None,
+                make: Arc::new(make),
+            });
+        });
+    }
+
+    /// Each call with `method` answers after `delay` (a `tokio::time::sleep`, so a paused
+    /// test clock auto-advances through it). The change happens at the end of the delay,
+    /// so a caller that gives up before then changes nothing. Replaces an earlier delay.
+    pub fn delay(&self, method: &'static str, delay: Duration) {
+        check_method(method);
+        self.with(|s| {
+            s.delays.insert(method, delay);
+        });
+    }
+
+    /// Calls with `method` never answer and change nothing, as on a connection LXD
+    /// accepted and then ignored; only the caller's timeout ends them. `heal()` lets
+    /// later calls through; the ones already hanging stay hung.
+    pub fn hang(&self, method: &'static str) {
+        check_method(method);
+        self.with(|s| {
+            s.hung.insert(method);
+        });
+    }
+
+    /// While true, every call fails at once with `LxdError::Unreachable`, consuming no
+    /// `fail_next` rule: nothing reached the server. The event feed is not affected (see
+    /// `disconnect_events`).
+    pub fn unreachable(&self, unreachable: bool) {
+        self.with(|s| s.unreachable = unreachable);
+    }
+
+    /// Back to a healthy server: no failure rules, delays, hangs, nor unreachability.
+    pub fn heal(&self) {
+        self.with(|s| {
+            s.rules.clear();
+            s.delays.clear();
+            s.hung.clear();
+            s.unreachable = false;
+        });
+    }
+
+    // Events.
+
+    /// A new subscription: `Connected` first, then every change from now on, in the
+    /// order the changes happened.
+    pub fn events(&self) -> UnboundedReceiver<EventNotice> {
+        let (tx, rx) = unbounded_channel();
+        self.with(|s| {
+            // Sent under the lock so no change can slip in before it.
+            if tx.send(EventNotice::Connected).is_ok() {
+                s.subscribers.push(tx);
+            }
+        });
+        rx
+    }
+
+    /// Ends every subscription (their receivers yield `None`); changes until the next
+    /// `events()` reach nobody, as with a real connection lost.
+    pub fn disconnect_events(&self) {
+        self.with(|s| s.subscribers.clear());
+    }
+
+    /// Sends `Connected` again to every subscriber, as the real stream does after it
+    /// reconnected (and events may have been lost meanwhile).
+    pub fn reconnect_events(&self) {
+        self.with(|s| {
+            s.subscribers
+                .retain(|tx| tx.send(EventNotice::Connected).is_ok());
+        });
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        // A test that panicked while holding the lock must not turn every later
+        // assertion into a PoisonError; the state itself is never left half-written.
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// One trait call: recorded, judged by the fault settings, delayed, then `op` runs
+    /// under the lock (so its events go out in the order of the changes).
+    async fn request<T>(
+        &self,
+        method: &'static str,
+        path: String,
+        op: impl FnOnce(&mut State) -> Result<T, LxdError>,
+    ) -> Result<T, LxdError> {
+        let gate = self.with(|s| s.admit(method, path));
+        let (delay, fault) = match gate {
+            Gate::Refused(e) => return Err(e),
+            Gate::Hang => return std::future::pending().await,
+            Gate::Go { delay, fault } => (delay, fault),
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(make) = fault {
+            // Called outside the lock: the closure is the test's and may inspect us.
+            return Err(make());
+        }
+        self.with(|s| {
+            let result = op(s);
+            if method != "GET" && result.is_ok() {
+                s.writes_succeeded += 1;
+            }
+            result
+        })
+    }
+}
+
+impl Default for MemLxd {
+    fn default() -> Self {
+        MemLxd::new()
+    }
+}
+
+impl fmt::Debug for MemLxd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with(|s| {
+            f.debug_struct("MemLxd")
+                .field("project", &s.project)
+                .field("instances", &s.instances.len())
+                .field("profiles", &s.profiles.len())
+                .field("requests", &s.requests.len())
+                .finish_non_exhaustive()
+        })
+    }
+}
+
+impl State {
+    fn next_etag(&mut self) -> String {
+        self.etag_counter += 1;
+        self.etag_counter.to_string()
+    }
+
+    fn admit(&mut self, method: &'static str, path: String) -> Gate {
+        self.requests.push(Request { method, path });
+        if self.unreachable {
+            return Gate::Refused(LxdError::Unreachable {
+                endpoint: "mem".into(),
+                reason: "connection refused".into(),
+            });
+        }
+        if self.hung.contains(method) {
+            return Gate::Hang;
+        }
+        Gate::Go {
+            delay: self.delays.get(method).copied(),
+            fault: self.take_fault(method),
+        }
+    }
+
+    fn take_fault(&mut self, method: &str) -> Option<MakeError> {
+        let index = self.rules.iter().position(|r| r.method == method)?;
+        let rule = self.rules.get_mut(index)?;
+        let make = rule.make.clone();
+        if let Some(left) = rule.remaining.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.rules.remove(index);
+            }
+        }
+        Some(make)
+    }
+
+    fn emit(&mut self, action: LifecycleAction, name: &str) {
+        let notice = EventNotice::Lifecycle(LifecycleEvent {
+            action,
+            name: name.to_string(),
+            project: self.project.clone(),
+        });
+        self.subscribers
+            .retain(|tx| tx.send(notice.clone()).is_ok());
+    }
+
+    fn profile(&self, name: &str, p: &MemProfile) -> Profile {
+        // LXD leaves `?project=` out of its URLs in the default project.
+        let suffix = if self.project == "default" {
+            String::new()
+        } else {
+            format!("?project={}", self.project)
+        };
+        let used_by = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.profiles.iter().any(|n| n == name))
+            .map(|(i, _)| format!("/1.0/instances/{i}{suffix}"))
+            .collect();
+        Profile {
+            name: name.to_string(),
+            content: p.content.clone(),
+            used_by,
+        }
+    }
+
+    fn in_use(&self, profile: &str) -> bool {
+        self.instances
+            .values()
+            .any(|i| i.profiles.iter().any(|n| n == profile))
+    }
+}
+
+fn instance_view(name: &str, inst: &MemInstance) -> Instance {
+    Instance {
+        name: name.to_string(),
+        profiles: inst.profiles.clone(),
+        status: "Running".into(),
+    }
+}
+
+/// LXD compares `If-Match` with the current ETag and answers 412 with this text.
+fn check_etag(if_match: Option<&str>, current: &str) -> Result<(), LxdError> {
+    match if_match {
+        Some(given) if given != current => Err(LxdError::Conflict {
+            message: format!("ETag doesn't match: {given} vs {current}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn instance_not_found() -> LxdError {
+    LxdError::NotFound {
+        message: "Instance not found".into(),
+    }
+}
+
+fn profile_not_found() -> LxdError {
+    LxdError::NotFound {
+        message: "Profile not found".into(),
+    }
+}
+
+fn to_strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_string()).collect()
+}
+
+fn check_method(method: &str) {
+    assert!(
+        METHODS.contains(&method),
+        "unknown HTTP method {method:?}: expected one of {METHODS:?}"
+    );
+}
+
+impl LxdApi for MemLxd {
+    async fn list_instances(&self) -> Result<Vec<Instance>, LxdError> {
+        self.request("GET", "/1.0/instances?recursion=1".into(), |s| {
+            Ok(s.instances
+                .iter()
+                .map(|(name, i)| instance_view(name, i))
+                .collect())
+        })
+        .await
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<Profile>, LxdError> {
+        self.request("GET", "/1.0/profiles?recursion=1".into(), |s| {
+            Ok(s.profiles
+                .iter()
+                .map(|(name, p)| s.profile(name, p))
+                .collect())
+        })
+        .await
+    }
+
+    async fn set_instance_profiles(
+        &self,
+        instance: &str,
+        profiles: &[String],
+        if_match: Option<&str>,
+    ) -> Result<(), LxdError> {
+        let path = format!("/1.0/instances/{instance}");
+        self.request("PATCH", path, |s| {
+            // LXD's order: load the instance, check the ETag, load each profile, then
+            // validate the list as a whole.
+            let current = s.instances.get(instance).ok_or_else(instance_not_found)?;
+            check_etag(if_match, &current.etag)?;
+            if profiles.iter().any(|p| !s.profiles.contains_key(p)) {
+                return Err(profile_not_found());
+            }
+            let mut seen = HashSet::new();
+            if !profiles.iter().all(|p| seen.insert(p)) {
+                return Err(LxdError::Rejected {
+                    status: 500,
+                    message: "Duplicate profile found in request".into(),
+                });
+            }
+            let etag = s.next_etag();
+            let inst = s
+                .instances
+                .get_mut(instance)
+                .ok_or_else(instance_not_found)?;
+            inst.profiles = profiles.to_vec();
+            inst.etag = etag;
+            s.emit(LifecycleAction::InstanceUpdated, instance);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_profile(&self, name: &str, content: &ProfileContent) -> Result<(), LxdError> {
+        self.request("POST", "/1.0/profiles".into(), |s| {
+            if name.is_empty() {
+                return Err(LxdError::Rejected {
+                    status: 400,
+                    message: "No name provided".into(),
+                });
+            }
+            if name.contains('/') {
+                return Err(LxdError::Rejected {
+                    status: 400,
+                    message: "Profile names may not contain slashes".into(),
+                });
+            }
+            if s.profiles.contains_key(name) {
+                return Err(LxdError::AlreadyExists {
+                    message: format!(
+                        "Error inserting {name:?} into database: The profile already exists"
+                    ),
+                });
+            }
+            let etag = s.next_etag();
+            s.profiles.insert(
+                name.to_string(),
+                MemProfile {
+                    content: content.clone(),
+                    etag,
+                },
+            );
+            s.emit(LifecycleAction::ProfileCreated, name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_profile(
+        &self,
+        name: &str,
+        content: &ProfileContent,
+        if_match: Option<&str>,
+    ) -> Result<(), LxdError> {
+        let path = format!("/1.0/profiles/{name}");
+        self.request("PUT", path, |s| {
+            let current = s.profiles.get(name).ok_or_else(profile_not_found)?;
+            check_etag(if_match, &current.etag)?;
+            let etag = s.next_etag();
+            let p = s.profiles.get_mut(name).ok_or_else(profile_not_found)?;
+            p.content = content.clone();
+            p.etag = etag;
+            s.emit(LifecycleAction::ProfileUpdated, name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_profile(&self, name: &str) -> Result<(), LxdError> {
+        let path = format!("/1.0/profiles/{name}");
+        self.request("DELETE", path, |s| {
+            // LXD refuses `default` before looking it up.
+            if name == "default" {
+                return Err(LxdError::Rejected {
+                    status: 403,
+                    message: "The 'default' profile cannot be deleted".into(),
+                });
+            }
+            if !s.profiles.contains_key(name) {
+                return Err(profile_not_found());
+            }
+            if s.in_use(name) {
+                return Err(LxdError::InUse {
+                    message: "Profile is currently in use".into(),
+                });
+            }
+            s.profiles.remove(name);
+            s.emit(LifecycleAction::ProfileDeleted, name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_instance(&self, name: &str) -> Result<(Instance, Option<String>), LxdError> {
+        let path = format!("/1.0/instances/{name}");
+        self.request("GET", path, |s| {
+            let i = s.instances.get(name).ok_or_else(instance_not_found)?;
+            Ok((instance_view(name, i), Some(i.etag.clone())))
+        })
+        .await
+    }
+
+    async fn server(&self) -> Result<ServerInfo, LxdError> {
+        self.request("GET", "/1.0".into(), |_| {
+            Ok(ServerInfo {
+                api_version: "1.0".into(),
+                api_extensions: ["etag", "profile_usedby", "projects", "instances"]
+                    .map(String::from)
+                    .to_vec(),
+                server_version: "5.0.2".into(),
+            })
+        })
+        .await
+    }
+
+    async fn get_profile(&self, name: &str) -> Result<(Profile, Option<String>), LxdError> {
+        let path = format!("/1.0/profiles/{name}");
+        self.request("GET", path, |s| {
+            let p = s.profiles.get(name).ok_or_else(profile_not_found)?;
+            Ok((s.profile(name, p), Some(p.etag.clone())))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lxd::ErrorCategory;
+    use tokio::sync::mpsc::error::TryRecvError;
+    use tokio::time::Instant;
+
+    fn content(key: &str, value: &str) -> ProfileContent {
+        ProfileContent {
+            description: String::new(),
+            config: [(key.to_string(), value.to_string())].into(),
+            devices: BTreeMap::new(),
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        to_strings(list)
+    }
+
+    fn lifecycle(action: LifecycleAction, name: &str) -> EventNotice {
+        EventNotice::Lifecycle(LifecycleEvent {
+            action,
+            name: name.into(),
+            project: DEFAULT_PROJECT.into(),
+        })
+    }
+
+    fn drain(rx: &mut UnboundedReceiver<EventNotice>) -> Vec<EventNotice> {
+        let mut out = Vec::new();
+        while let Ok(n) = rx.try_recv() {
+            out.push(n);
+        }
+        out
+    }
+
+    fn conflict() -> LxdError {
+        LxdError::Conflict {
+            message: "injected".into(),
+        }
+    }
+
+    /// Two instances, two profiles, `p` used by both.
+    fn seeded() -> MemLxd {
+        let lxd = MemLxd::new();
+        lxd.add_profile("default", ProfileContent::default());
+        lxd.add_profile("p", content("a", "1"));
+        lxd.add_instance("i-1", &["default", "p"]);
+        lxd.add_instance("i-0", &["default", "p"]);
+        lxd
+    }
+
+    #[test]
+    fn is_a_shareable_handle() {
+        fn check<T: Clone + Send + Sync + 'static>() {}
+        check::<MemLxd>();
+        let a = MemLxd::new();
+        let b = a.clone();
+        b.add_profile("p", ProfileContent::default());
+        assert_eq!(a.profile_names(), ["p"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lists_are_sorted_and_profiles_carry_used_by() {
+        let lxd = seeded();
+        lxd.add_instance("i-2", &["default"]);
+        let instances = lxd.list_instances().await.unwrap();
+        let got: Vec<_> = instances.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(got, ["i-0", "i-1", "i-2"]);
+        assert_eq!(instances[0].profiles, names(&["default", "p"]));
+
+        let profiles = lxd.list_profiles().await.unwrap();
+        let got: Vec<_> = profiles.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(got, ["default", "p"]);
+        assert_eq!(
+            profiles[1].used_by,
+            [
+                "/1.0/instances/i-0?project=test",
+                "/1.0/instances/i-1?project=test"
+            ]
+        );
+        assert_eq!(
+            profiles[1].used_by_instances().collect::<Vec<_>>(),
+            ["i-0", "i-1"]
+        );
+        assert_eq!(profiles[1].content, content("a", "1"));
+        assert_eq!(profiles[0].used_by.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn used_by_follows_the_project_and_omits_default() {
+        let lxd = MemLxd::with_project("juju");
+        lxd.add_profile("p", ProfileContent::default());
+        lxd.add_instance("m", &["p"]);
+        let (p, _) = lxd.get_profile("p").await.unwrap();
+        assert_eq!(p.used_by, ["/1.0/instances/m?project=juju"]);
+
+        let lxd = MemLxd::with_project("default");
+        lxd.add_profile("p", ProfileContent::default());
+        lxd.add_instance("m", &["p"]);
+        let (p, _) = lxd.get_profile("p").await.unwrap();
+        assert_eq!(p.used_by, ["/1.0/instances/m"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gets_return_the_object_and_an_etag_that_every_write_changes() {
+        let lxd = seeded();
+        let (inst, e1) = lxd.get_instance("i-0").await.unwrap();
+        assert_eq!(inst.name, "i-0");
+        assert_eq!(inst.profiles, names(&["default", "p"]));
+        let e1 = e1.unwrap();
+        // The same list again is still a write, and a new ETag.
+        lxd.set_instance_profiles("i-0", &names(&["default", "p"]), Some(&e1))
+            .await
+            .unwrap();
+        let (_, e2) = lxd.get_instance("i-0").await.unwrap();
+        assert_ne!(Some(e1), e2);
+
+        let (p, e1) = lxd.get_profile("p").await.unwrap();
+        assert_eq!(p.content, content("a", "1"));
+        lxd.replace_profile("p", &content("a", "2"), e1.as_deref())
+            .await
+            .unwrap();
+        let (p, e2) = lxd.get_profile("p").await.unwrap();
+        assert_eq!(p.content, content("a", "2"));
+        assert_ne!(e1, e2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_objects_are_not_found_with_lxd_texts() {
+        let lxd = seeded();
+        let e = lxd.get_instance("nope").await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::NotFound);
+        assert_eq!(e.to_string(), "Instance not found");
+        let e = lxd.get_profile("nope").await.unwrap_err();
+        assert_eq!(e.to_string(), "Profile not found");
+        let e = lxd
+            .set_instance_profiles("nope", &names(&["p"]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Instance not found");
+        let e = lxd
+            .replace_profile("nope", &ProfileContent::default(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Profile not found");
+        let e = lxd.delete_profile("nope").await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::NotFound);
+        assert_eq!(lxd.writes(), 3);
+        assert_eq!(lxd.writes_succeeded(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_etag_is_a_conflict_and_changes_nothing() {
+        let lxd = seeded();
+        let mut events = lxd.events();
+        let (_, etag) = lxd.get_instance("i-0").await.unwrap();
+        // An operator edits the instance between our read and our write.
+        lxd.set_instance_config_by_hand("i-0", "limits.cpu", Some("2"));
+        let e = lxd
+            .set_instance_profiles("i-0", &names(&["default"]), etag.as_deref())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LxdError::Conflict { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("ETag doesn't match: "));
+        assert!(e.is_transient());
+        assert_eq!(
+            lxd.instance_profiles("i-0").unwrap(),
+            names(&["default", "p"])
+        );
+        assert_eq!(lxd.instance_config("i-0").unwrap()["limits.cpu"], "2");
+
+        let (_, etag) = lxd.get_profile("p").await.unwrap();
+        lxd.set_profile_content_by_hand("p", content("a", "hand"));
+        let e = lxd
+            .replace_profile("p", &content("a", "ours"), etag.as_deref())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LxdError::Conflict { .. }), "{e:?}");
+        assert_eq!(lxd.profile("p").unwrap(), content("a", "hand"));
+
+        // No If-Match: LXD does not check.
+        lxd.replace_profile("p", &content("a", "ours"), None)
+            .await
+            .unwrap();
+        assert_eq!(lxd.profile("p").unwrap(), content("a", "ours"));
+        assert_eq!(
+            drain(&mut events),
+            [
+                EventNotice::Connected,
+                lifecycle(LifecycleAction::InstanceUpdated, "i-0"),
+                lifecycle(LifecycleAction::ProfileUpdated, "p"),
+                lifecycle(LifecycleAction::ProfileUpdated, "p"),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn assigning_a_missing_profile_is_not_found_and_leaves_the_list() {
+        let lxd = seeded();
+        let (_, etag) = lxd.get_instance("i-0").await.unwrap();
+        let e = lxd
+            .set_instance_profiles("i-0", &names(&["default", "ghost"]), etag.as_deref())
+            .await
+            .unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::NotFound);
+        assert_eq!(e.to_string(), "Profile not found");
+        assert_eq!(
+            lxd.instance_profiles("i-0").unwrap(),
+            names(&["default", "p"])
+        );
+        // Nothing changed, so the ETag still holds.
+        let (_, again) = lxd.get_instance("i-0").await.unwrap();
+        assert_eq!(etag, again);
+
+        let e = lxd
+            .set_instance_profiles("i-0", &names(&["p", "p"]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Duplicate profile found in request");
+        assert_eq!(
+            lxd.instance_profiles("i-0").unwrap(),
+            names(&["default", "p"])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn creating_an_existing_profile_is_already_exists() {
+        let lxd = seeded();
+        let e = lxd
+            .create_profile("p", &ProfileContent::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::AlreadyExists);
+        assert_eq!(
+            e.to_string(),
+            "Error inserting \"p\" into database: The profile already exists"
+        );
+        assert_eq!(lxd.profile("p").unwrap(), content("a", "1"));
+
+        lxd.create_profile("q", &content("b", "2")).await.unwrap();
+        assert_eq!(lxd.profile("q").unwrap(), content("b", "2"));
+        assert_eq!(lxd.profile_names(), ["default", "p", "q"]);
+        let e = lxd
+            .create_profile("a/b", &ProfileContent::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LxdError::Rejected { status: 400, .. }), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleting_is_refused_while_in_use_and_for_default() {
+        let lxd = seeded();
+        let e = lxd.delete_profile("p").await.unwrap_err();
+        assert!(
+            matches!(&e, LxdError::InUse { message } if message == "Profile is currently in use")
+        );
+        assert!(lxd.profile("p").is_some());
+
+        let e = lxd.delete_profile("default").await.unwrap_err();
+        assert!(
+            matches!(&e, LxdError::Rejected { status: 403, message } if message == "The 'default' profile cannot be deleted"),
+            "{e:?}"
+        );
+
+        lxd.set_profiles_by_hand("i-0", &["default"]);
+        lxd.set_profiles_by_hand("i-1", &["default"]);
+        let mut events = lxd.events();
+        lxd.delete_profile("p").await.unwrap();
+        assert_eq!(lxd.profile_names(), ["default"]);
+        assert_eq!(
+            drain(&mut events),
+            [
+                EventNotice::Connected,
+                lifecycle(LifecycleAction::ProfileDeleted, "p")
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_start_with_connected_and_follow_the_changes_in_order() {
+        let lxd = MemLxd::new();
+        lxd.add_profile("default", ProfileContent::default());
+        lxd.add_instance("i-0", &["default"]);
+        let mut events = lxd.events();
+        lxd.create_profile("p", &ProfileContent::default())
+            .await
+            .unwrap();
+        lxd.set_instance_profiles("i-0", &names(&["default", "p"]), None)
+            .await
+            .unwrap();
+        lxd.set_profiles_by_hand("i-0", &["default"]);
+        lxd.set_profile_content_by_hand("p", content("x", "y"));
+        lxd.set_profile_content_by_hand("new", ProfileContent::default());
+        // Refused writes, reads and seeding emit nothing.
+        lxd.create_profile("p", &ProfileContent::default())
+            .await
+            .unwrap_err();
+        lxd.list_profiles().await.unwrap();
+        lxd.add_profile("seeded", ProfileContent::default());
+        lxd.replace_profile("p", &ProfileContent::default(), None)
+            .await
+            .unwrap();
+        lxd.delete_profile("p").await.unwrap();
+        assert_eq!(
+            drain(&mut events),
+            [
+                EventNotice::Connected,
+                lifecycle(LifecycleAction::ProfileCreated, "p"),
+                lifecycle(LifecycleAction::InstanceUpdated, "i-0"),
+                lifecycle(LifecycleAction::InstanceUpdated, "i-0"),
+                lifecycle(LifecycleAction::ProfileUpdated, "p"),
+                lifecycle(LifecycleAction::ProfileCreated, "new"),
+                lifecycle(LifecycleAction::ProfileUpdated, "p"),
+                lifecycle(LifecycleAction::ProfileDeleted, "p"),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_subscriber_gets_what_happens_after_it_subscribed() {
+        let lxd = seeded();
+        let mut early = lxd.events();
+        lxd.set_profiles_by_hand("i-0", &["default"]);
+        let mut late = lxd.events();
+        let dropped = lxd.events();
+        drop(dropped);
+        lxd.set_profiles_by_hand("i-1", &["default"]);
+        assert_eq!(
+            drain(&mut early),
+            [
+                EventNotice::Connected,
+                lifecycle(LifecycleAction::InstanceUpdated, "i-0"),
+                lifecycle(LifecycleAction::InstanceUpdated, "i-1"),
+            ]
+        );
+        assert_eq!(
+            drain(&mut late),
+            [
+                EventNotice::Connected,
+                lifecycle(LifecycleAction::InstanceUpdated, "i-1"),
+            ]
+        );
+
+        lxd.reconnect_events();
+        assert_eq!(drain(&mut late), [EventNotice::Connected]);
+
+        lxd.disconnect_events();
+        lxd.set_profiles_by_hand("i-0", &["default", "p"]);
+        assert_eq!(early.recv().await, Some(EventNotice::Connected));
+        assert_eq!(early.recv().await, None);
+        assert_eq!(late.try_recv(), Err(TryRecvError::Disconnected));
+        // A new subscription after the loss sees only what follows.
+        let mut again = lxd.events();
+        assert_eq!(drain(&mut again), [EventNotice::Connected]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_call_is_recorded_with_method_and_path() {
+        let lxd = seeded();
+        lxd.list_instances().await.unwrap();
+        lxd.list_profiles().await.unwrap();
+        lxd.get_instance("i-0").await.unwrap();
+        lxd.get_profile("p").await.unwrap();
+        lxd.server().await.unwrap();
+        lxd.set_instance_profiles("i-0", &names(&["default"]), None)
+            .await
+            .unwrap();
+        lxd.create_profile("q", &ProfileContent::default())
+            .await
+            .unwrap();
+        lxd.replace_profile("q", &content("a", "1"), None)
+            .await
+            .unwrap();
+        lxd.delete_profile("p").await.unwrap_err();
+        lxd.delete_profile("q").await.unwrap();
+        assert_eq!(
+            lxd.requests(),
+            [
+                Request::new("GET", "/1.0/instances?recursion=1"),
+                Request::new("GET", "/1.0/profiles?recursion=1"),
+                Request::new("GET", "/1.0/instances/i-0"),
+                Request::new("GET", "/1.0/profiles/p"),
+                Request::new("GET", "/1.0"),
+                Request::new("PATCH", "/1.0/instances/i-0"),
+                Request::new("POST", "/1.0/profiles"),
+                Request::new("PUT", "/1.0/profiles/q"),
+                Request::new("DELETE", "/1.0/profiles/p"),
+                Request::new("DELETE", "/1.0/profiles/q"),
+            ]
+        );
+        assert_eq!(lxd.writes(), 5);
+        assert_eq!(lxd.writes_succeeded(), 4);
+        lxd.clear_requests();
+        assert!(lxd.requests().is_empty());
+        assert_eq!((lxd.writes(), lxd.writes_succeeded()), (0, 0));
+        // Seeding and by-hand changes are not requests.
+        lxd.add_instance("i-9", &[]);
+        lxd.set_profiles_by_hand("i-9", &["default"]);
+        assert!(lxd.requests().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_says_lxd_5_0() {
+        let info = MemLxd::new().server().await.unwrap();
+        assert_eq!(info.api_version, "1.0");
+        assert_eq!(info.server_version, "5.0.2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_next_consumes_exactly_n_in_queue_order_and_changes_nothing() {
+        let lxd = seeded();
+        lxd.fail_next("PUT", 2, conflict);
+        lxd.fail_next("PUT", 1, || LxdError::Rejected {
+            status: 400,
+            message: "third".into(),
+        });
+        // Other methods are untouched.
+        lxd.get_profile("p").await.unwrap();
+        for _ in 0..2 {
+            let e = lxd
+                .replace_profile("p", &content("a", "2"), None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.category(), ErrorCategory::Conflict);
+        }
+        let e = lxd
+            .replace_profile("p", &content("a", "2"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "third");
+        assert_eq!(lxd.profile("p").unwrap(), content("a", "1"));
+        lxd.replace_profile("p", &content("a", "2"), None)
+            .await
+            .unwrap();
+        assert_eq!(lxd.profile("p").unwrap(), content("a", "2"));
+        assert_eq!(lxd.writes(), 4);
+        assert_eq!(lxd.writes_succeeded(), 1);
+
+        // Injected failures are judged before the object is looked at.
+        lxd.fail_next("DELETE", 1, conflict);
+        let e = lxd.delete_profile("nope").await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Conflict);
+        lxd.fail_next("GET", 0, conflict);
+        lxd.list_instances().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_always_holds_until_heal() {
+        let lxd = seeded();
+        lxd.fail_always("GET", || LxdError::Timeout {
+            what: "GET".into(),
+            after: Duration::from_secs(30),
+        });
+        for _ in 0..5 {
+            let e = lxd.list_profiles().await.unwrap_err();
+            assert_eq!(e.category(), ErrorCategory::Timeout);
+        }
+        lxd.heal();
+        assert_eq!(lxd.list_profiles().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_advances_the_paused_clock() {
+        let lxd = seeded();
+        lxd.delay("PATCH", Duration::from_secs(3));
+        let start = Instant::now();
+        lxd.list_instances().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        lxd.set_instance_profiles("i-0", &names(&["default"]), None)
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(lxd.instance_profiles("i-0").unwrap(), names(&["default"]));
+
+        // A caller that gives up during the delay changed nothing.
+        let give_up = tokio::time::timeout(
+            Duration::from_secs(1),
+            lxd.set_instance_profiles("i-0", &names(&["p"]), None),
+        )
+        .await;
+        assert!(give_up.is_err());
+        assert_eq!(lxd.instance_profiles("i-0").unwrap(), names(&["default"]));
+        assert_eq!(lxd.writes_succeeded(), 1);
+
+        lxd.heal();
+        let start = Instant::now();
+        lxd.set_instance_profiles("i-0", &names(&["p"]), None)
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_call_ends_only_by_the_callers_timeout() {
+        let lxd = seeded();
+        let mut events = lxd.events();
+        lxd.hang("DELETE");
+        lxd.set_profiles_by_hand("i-0", &["default"]);
+        lxd.set_profiles_by_hand("i-1", &["default"]);
+        let start = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), lxd.delete_profile("p")).await;
+        assert!(outcome.is_err());
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(lxd.profile("p").is_some());
+        assert_eq!(lxd.requests(), [Request::new("DELETE", "/1.0/profiles/p")]);
+        assert_eq!((lxd.writes(), lxd.writes_succeeded()), (1, 0));
+        // Other methods answer meanwhile.
+        lxd.list_profiles().await.unwrap();
+
+        lxd.heal();
+        lxd.delete_profile("p").await.unwrap();
+        assert_eq!(
+            drain(&mut events).last(),
+            Some(&lifecycle(LifecycleAction::ProfileDeleted, "p"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_fails_every_call_at_once() {
+        let lxd = seeded();
+        lxd.fail_next("GET", 1, conflict);
+        lxd.delay("GET", Duration::from_secs(5));
+        lxd.unreachable(true);
+        let start = Instant::now();
+        let e = lxd.server().await.unwrap_err();
+        assert!(
+            matches!(&e, LxdError::Unreachable { endpoint, reason } if endpoint == "mem" && reason == "connection refused"),
+            "{e:?}"
+        );
+        let e = lxd
+            .create_profile("q", &ProfileContent::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_transient());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(lxd.profile("q").is_none());
+        assert_eq!(lxd.requests().len(), 2);
+        assert_eq!((lxd.writes(), lxd.writes_succeeded()), (1, 0));
+
+        // The failure rule was not consumed: nothing reached the server.
+        lxd.unreachable(false);
+        let e = lxd.server().await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Conflict);
+        lxd.server().await.unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown HTTP method")]
+    fn a_misspelt_method_is_caught() {
+        MemLxd::new().fail_next("get", 1, conflict);
+    }
+}
