@@ -527,6 +527,26 @@ fn once_and_diff_exit_codes_through_the_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(diff().status.code(), Some(0));
+    // An owned profile that nothing expects and nothing uses: diff shows its deletion
+    // (exit 2) and deletes nothing; run deletes it.
+    h.lxd.lxc(&["profile", "create", "juju-m-old-1"]);
+    h.lxd.lxc(&[
+        "profile",
+        "set",
+        "juju-m-old-1",
+        "user.lxd-mutater.owner=lxd-mutater",
+    ]);
+    let out = diff();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("  - delete profile juju-m-old-1 ("),
+        "{stdout}"
+    );
+    assert!(h.lxd.try_lxc(&["profile", "show", "juju-m-old-1"]).is_ok());
+    assert_eq!(once().status.code(), Some(0));
+    assert!(h.lxd.try_lxc(&["profile", "show", "juju-m-old-1"]).is_err());
+    assert_eq!(diff().status.code(), Some(0));
     let get = Command::new(bin)
         .args(["get", "machines", "--state-dir", state])
         .output()
@@ -551,54 +571,6 @@ fn once_and_diff_exit_codes_through_the_binary() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "Machine m/0: Error cannot upgrade machine's lxd profile: application \"ghost\" not found in model \"m\""
     );
-}
-
-/// Case 10, the retries: a missing instance is retried with backoff, so the requests over
-/// a window grow with its logarithm, not with its length; the other machine converges.
-#[tokio::test]
-async fn a_missing_instance_is_retried_with_backoff_not_in_a_hot_loop() {
-    let h = Harness::new();
-    h.lxd.empty_instance("i0");
-    h.write(
-        "r.yaml",
-        &(app("one", 3, NESTING)
-            + &machine("0", Some("i0"), &["one"], "")
-            + &machine("1", Some("ghost"), &["one"], "")),
-    );
-    let ctl = h.controller_with(
-        false,
-        None,
-        BackoffConfig {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(60),
-        },
-    );
-    let mut snapshot = FileSnapshot::default();
-    snapshot.rescan(h.resources.path());
-    ctl.load(snapshot.resources());
-    ctl.relist().await.unwrap();
-    ctl.enqueue_all();
-    let workers = tokio::spawn(ctl.worker.clone().run(false));
-    // A window of 3 s: retries at about 0.1, 0.3, 0.7, 1.5 and 3.1 s.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    ctl.queue.shutdown();
-    workers.await.unwrap();
-    // Each confirmation lists instances and profiles: two GETs.
-    let lists = h.requests.reads.load(Ordering::SeqCst) / 2;
-    eprintln!("listings in 3 s: {lists}");
-    assert!(
-        lists <= 7,
-        "{lists} listings in 3 s: retries are not backing off"
-    );
-    assert!(
-        lists >= 4,
-        "{lists} listings: the missing instance was not retried"
-    );
-    assert_eq!(
-        h.profiles("i0"),
-        strings(&["default", "juju-m", "juju-m-one-3"])
-    );
-    assert_eq!(h.status(Kind::Machine, "1").phase, Phase::Error);
 }
 
 #[test]

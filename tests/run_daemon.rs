@@ -51,7 +51,11 @@ fn an_edit_is_followed_and_sigterm_exits_zero() {
     );
     // A file that stops parsing keeps its last good resources: nothing changes.
     std::fs::write(res.path().join("r.yaml"), "apiVersion: [\n").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until(
+        "the broken file to be seen",
+        Duration::from_secs(10),
+        || d.metric("lxd_mutater_source_errors") == 1.0,
+    );
     assert_eq!(profiles("i0"), ["default", "juju-m", "juju-m-one-2"]);
     // SIGTERM: drain and exit 0.
     let pid = d.child.id().to_string();

@@ -17,3 +17,6 @@ pub use collect::{Cleanup, collect};
 pub use expected::{ExpectedProfiles, expected_profiles};
 pub use plan::{Decision, Plan, Step, plan};
 pub use worker::{Options, ReconcileError, WorkKey, Worker};
+
+#[cfg(test)]
+mod tests;

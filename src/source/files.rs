@@ -168,3 +168,48 @@ pub fn watch(
     });
     Ok((rx, debouncer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{app, machine};
+
+    fn names(events: &[SourceEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                SourceEvent::Upsert(r) => format!("upsert {}", r.key()),
+                SourceEvent::Remove(k) => format!("remove {k}"),
+                SourceEvent::Loaded => "loaded".into(),
+                SourceEvent::InvalidCount(n) => format!("invalid {n}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_emits_only_what_changed_and_a_broken_file_keeps_its_resources() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |f: &str, t: &str| std::fs::write(d.path().join(f), t).unwrap();
+        write("apps.yaml", &app("one", 3));
+        write(
+            "m.yaml",
+            &(machine("0", "i0", &["one"]) + &machine("1", "i1", &["one"])),
+        );
+        let mut s = FileSnapshot::default();
+        let first = names(&s.scan(d.path()));
+        assert_eq!(first.len(), 5, "{first:?}");
+        assert_eq!(first[3..], ["invalid 0", "loaded"]);
+        // Nothing changed: nothing said.
+        assert!(s.scan(d.path()).is_empty());
+        // One machine edited, one removed: two events.
+        write("m.yaml", &machine("0", "i9", &["one"]));
+        let second = names(&s.scan(d.path()));
+        assert_eq!(second, ["upsert Machine/m/0", "remove Machine/m/1"]);
+        // A file that stops parsing keeps its last good resources: only the count moves.
+        write("m.yaml", "kind: [");
+        assert_eq!(names(&s.scan(d.path())), ["invalid 1"]);
+        write("m.yaml", &machine("0", "i9", &["one"]));
+        assert_eq!(names(&s.scan(d.path())), ["invalid 0"]);
+    }
+}

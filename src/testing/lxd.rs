@@ -111,8 +111,9 @@ impl MemLxd {
     }
 
     /// An empty server for `project`; it shows in `used_by` URLs and in events.
+    /// As LXD makes a project with `features.profiles=true`: with its `default` profile.
     pub fn with_project(project: &str) -> MemLxd {
-        MemLxd {
+        let lxd = MemLxd {
             state: Arc::new(Mutex::new(State {
                 project: project.to_string(),
                 instances: BTreeMap::new(),
@@ -126,7 +127,9 @@ impl MemLxd {
                 unreachable: false,
                 subscribers: Vec::new(),
             })),
-        }
+        };
+        lxd.add_profile("default", ProfileContent::default());
+        lxd
     }
 
     pub fn project(&self) -> String {
@@ -761,7 +764,7 @@ mod tests {
         let a = MemLxd::new();
         let b = a.clone();
         b.add_profile("p", ProfileContent::default());
-        assert_eq!(a.profile_names(), ["p"]);
+        assert_eq!(a.profile_names(), ["default", "p"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,252 @@
+//! The worker and the clean-up against the in-memory LXD, under tokio's paused clock:
+//! what LXD ends up holding, which requests it took, and what the status says.
+
+use std::time::Duration;
+
+use crate::lxd::{EventNotice, LxdError};
+use crate::queue::BackoffConfig;
+use crate::resource::{Kind, Phase, ResourceKey};
+use crate::testing::{MemLxd, app, machine, nesting, pipeline, resources};
+
+use super::{ReconcileError, WorkKey};
+
+fn key(name: &str) -> ResourceKey {
+    ResourceKey::new(Kind::Machine, "m", name)
+}
+
+fn writes(lxd: &MemLxd) -> Vec<String> {
+    lxd.requests()
+        .into_iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn listings(lxd: &MemLxd) -> usize {
+    lxd.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/1.0/instances?recursion=1")
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_machine_is_converged_with_the_minimum_of_writes_and_reported_applied() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, status) = pipeline(&lxd, |_| {});
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    p.relist().await.unwrap();
+    p.enqueue_all();
+    p.worker.clone().run(true).await;
+
+    assert_eq!(
+        lxd.instance_profiles("i0").unwrap(),
+        ["default", "juju-m", "juju-m-one-3"]
+    );
+    assert_eq!(
+        writes(&lxd),
+        [
+            "POST /1.0/profiles",
+            "POST /1.0/profiles",
+            "PATCH /1.0/instances/i0"
+        ]
+    );
+    let s = p.report.last(&key("0")).unwrap();
+    assert_eq!(s.phase, Phase::Applied);
+    assert_eq!(s.profiles, ["default", "juju-m", "juju-m-one-3"]);
+    assert_eq!(s.conditions[0].status, "True");
+    // Idle while applying, then Applied: two writes, and none on a pass in sync.
+    let before = status.written.load(std::sync::atomic::Ordering::SeqCst);
+    lxd.clear_requests();
+    p.enqueue_all();
+    p.worker.clone().run(true).await;
+    assert_eq!(writes(&lxd), Vec::<String>::new());
+    assert_eq!(
+        status.written.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+}
+
+/// Juju's case 10, the retries: a missing instance is retried with backoff, so the
+/// requests over a window grow with its logarithm, not with its length; the other machine
+/// converges.
+#[tokio::test(start_paused = true)]
+async fn a_missing_instance_is_retried_with_growing_delays_not_in_a_loop() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |o| {
+        o.backoff = BackoffConfig {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(60),
+        };
+    });
+    p.load(resources(
+        &(app("one", 3) + &machine("0", "i0", &["one"]) + &machine("1", "ghost", &["one"])),
+    ));
+    p.relist().await.unwrap();
+    lxd.clear_requests();
+    p.enqueue_all();
+    let workers = tokio::spawn(p.worker.clone().run(false));
+    // Retries at about 0.1, 0.3, 0.7, 1.5 s (each confirms with a listing), then 3.1 s.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    p.queue.shutdown();
+    workers.await.unwrap();
+    assert_eq!(listings(&lxd), 5, "{:?}", lxd.requests());
+    assert_eq!(p.queue.failures(&WorkKey::Resource(key("1"))), 5);
+    let s = p.report.last(&key("1")).unwrap();
+    assert_eq!(
+        (s.phase, s.message.as_str()),
+        (
+            Phase::Error,
+            "cannot upgrade machine's lxd profile: instance \"ghost\" not found"
+        )
+    );
+    assert_eq!(
+        lxd.instance_profiles("i0").unwrap(),
+        ["default", "juju-m", "juju-m-one-3"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_that_hangs_is_abandoned_at_the_timeout() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |o| o.reconcile_timeout = Duration::from_secs(5));
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    p.relist().await.unwrap();
+    lxd.hang("PATCH");
+    let started = tokio::time::Instant::now();
+    let r = p.worker.process(&WorkKey::Resource(key("0"))).await;
+    assert!(matches!(r, Err(ReconcileError::Timeout(_))), "{r:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    lxd.heal();
+    let r = p.worker.process(&WorkKey::Resource(key("0"))).await;
+    assert_eq!(r.unwrap(), Some(Phase::Applied));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_write_is_an_error_in_jujus_words_and_the_list_is_kept() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    p.relist().await.unwrap();
+    lxd.fail_next("PATCH", 1, || LxdError::Rejected {
+        status: 500,
+        message: "Failed to start device \"kvm\"".into(),
+    });
+    let r = p.worker.process(&WorkKey::Resource(key("0"))).await;
+    assert!(matches!(r, Err(ReconcileError::Lxd(_))), "{r:?}");
+    let s = p.report.last(&key("0")).unwrap();
+    assert_eq!(
+        s.message,
+        "cannot upgrade machine's lxd profile: Failed to start device \"kvm\""
+    );
+    assert_eq!(s.profiles, ["default"]);
+    assert_eq!(lxd.instance_profiles("i0").unwrap(), ["default"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_reports_drift_and_writes_nothing() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |o| o.dry_run = true);
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    p.relist().await.unwrap();
+    lxd.add_profile("juju-m-gone-1", nesting(true));
+    p.relist().await.unwrap();
+    p.enqueue_all();
+    p.worker.clone().run(true).await;
+    assert_eq!(writes(&lxd), Vec::<String>::new());
+    assert_eq!(p.report.last(&key("0")).unwrap().phase, Phase::Drifted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_drift_reaches_the_worker_through_one_event_and_our_echo_costs_nothing() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    let mut events = lxd.events();
+    assert_eq!(events.recv().await, Some(EventNotice::Connected));
+    p.relist().await.unwrap();
+    p.worker
+        .process(&WorkKey::Resource(key("0")))
+        .await
+        .unwrap();
+    // Our own three writes come back as events: recognised, no GET, nothing enqueued.
+    lxd.clear_requests();
+    for _ in 0..3 {
+        let Some(EventNotice::Lifecycle(e)) = events.recv().await else {
+            panic!("an event")
+        };
+        let affected = p.feed.on_event(&e).await.unwrap();
+        assert!(affected.keys.is_empty() && !affected.everything, "{e:?}");
+    }
+    assert_eq!(lxd.requests(), vec![]);
+    // An operator's change: one GET, the one machine affected, corrected with one PATCH.
+    lxd.set_profiles_by_hand("i0", &["default"]);
+    let Some(EventNotice::Lifecycle(e)) = events.recv().await else {
+        panic!("an event")
+    };
+    let affected = p.feed.on_event(&e).await.unwrap();
+    assert_eq!(affected.keys, [key("0")]);
+    assert_eq!(
+        p.worker
+            .process(&WorkKey::Resource(key("0")))
+            .await
+            .unwrap(),
+        Some(Phase::Applied)
+    );
+    assert_eq!(
+        lxd.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>(),
+        ["GET /1.0/instances/i0", "PATCH /1.0/instances/i0"]
+    );
+    let s = p.report.last(&key("0")).unwrap();
+    assert_eq!(s.drift.map(|d| d.count), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clean_up_deletes_only_owned_unused_unexpected_profiles_and_never_before_loaded() {
+    let lxd = MemLxd::new();
+    lxd.add_profile("juju-m-one-3", nesting(true));
+    lxd.add_profile("juju-m-old-1", nesting(true));
+    lxd.add_profile("juju-m-theirs-1", nesting(false));
+    lxd.add_profile("juju-m", nesting(true));
+    lxd.add_instance("i0", &["default", "juju-m", "juju-m-one-3"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    // No listing yet: nothing is planned, nothing deleted.
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    assert!(p.worker.cleanup().is_empty());
+    p.worker.process(&WorkKey::Collect).await.unwrap();
+    assert_eq!(writes(&lxd), Vec::<String>::new());
+
+    p.relist().await.unwrap();
+    assert_eq!(
+        p.worker.cleanup().to_string(),
+        "  - delete profile juju-m-old-1 (owned, unused, expected by no resource)\n"
+    );
+    p.worker.process(&WorkKey::Collect).await.unwrap();
+    assert_eq!(writes(&lxd), ["DELETE /1.0/profiles/juju-m-old-1"]);
+    assert!(lxd.profile("juju-m-theirs-1").is_some());
+    assert!(p.worker.cleanup().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clean_up_keeps_a_profile_that_lxd_says_is_in_use_again() {
+    let lxd = MemLxd::new();
+    lxd.add_profile("juju-m-old-1", nesting(true));
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    p.load(vec![]);
+    p.relist().await.unwrap();
+    // Taken by an operator after the listing: LXD refuses, the profile stays.
+    lxd.set_profiles_by_hand("i0", &["default", "juju-m-old-1"]);
+    p.worker.process(&WorkKey::Collect).await.unwrap();
+    assert_eq!(writes(&lxd), ["DELETE /1.0/profiles/juju-m-old-1"]);
+    assert!(lxd.profile("juju-m-old-1").is_some());
+    assert!(p.store.observed().profile("juju-m-old-1").is_some());
+}
