@@ -73,22 +73,10 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lxd::{Profile, ProfileContent};
-    use crate::store::{OWNER_KEY, OWNER_VALUE};
+    use crate::lxd::Profile;
 
     fn profile(name: &str, owned: bool, used_by: &[&str]) -> Profile {
-        let mut content = ProfileContent::default();
-        if owned {
-            content.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
-        }
-        Profile {
-            name: name.into(),
-            content,
-            used_by: used_by
-                .iter()
-                .map(|i| format!("/1.0/instances/{i}?project=p"))
-                .collect(),
-        }
+        crate::testing::lxd_profile(name, owned, used_by)
     }
 
     fn observed(profiles: Vec<Profile>) -> Observed {

@@ -192,21 +192,7 @@ mod tests {
     use super::*;
 
     fn profile(name: &str, owned: bool, used_by: &[&str]) -> Profile {
-        let mut content = ProfileContent::default();
-        if owned {
-            content.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
-        }
-        content
-            .config
-            .insert("security.nesting".into(), "true".into());
-        Profile {
-            name: name.into(),
-            content,
-            used_by: used_by
-                .iter()
-                .map(|i| format!("/1.0/instances/{i}?project=p"))
-                .collect(),
-        }
+        crate::testing::lxd_profile(name, owned, used_by)
     }
 
     #[test]

@@ -89,6 +89,18 @@ pub fn nesting(owned: bool) -> ProfileContent {
     c
 }
 
+/// A profile as LXD lists it: the fixtures' content, used by `used_by` (instance names).
+pub fn lxd_profile(name: &str, owned: bool, used_by: &[&str]) -> crate::lxd::Profile {
+    crate::lxd::Profile {
+        name: name.into(),
+        content: nesting(owned),
+        used_by: used_by
+            .iter()
+            .map(|i| format!("/1.0/instances/{i}?project=p"))
+            .collect(),
+    }
+}
+
 /// A pipeline on `lxd` with statuses in memory.
 pub fn pipeline(
     lxd: &MemLxd,
