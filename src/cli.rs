@@ -88,6 +88,20 @@ pub struct LxdArgs {
     /// Model profile name template.
     #[arg(long, env = "LXD_MUTATER_MODEL_PROFILE_TEMPLATE", default_value = crate::resource::names::DEFAULT_MODEL_TEMPLATE)]
     pub model_profile_template: String,
+    /// This controller's name, recorded (config key user.lxd-mutater.owner) on the profiles
+    /// it creates and the instances it claims. It rewrites, deletes and touches only what
+    /// carries this value: give each controller sharing an LXD project its own.
+    #[arg(
+        long,
+        env = "LXD_MUTATER_OWNER",
+        default_value = crate::store::OWNER_VALUE,
+        value_name = "NAME"
+    )]
+    pub owner: String,
+    /// Work in a project without features.profiles=true, whose profiles are the default
+    /// project's and shared with every other such project (refused otherwise).
+    #[arg(long, env = "LXD_MUTATER_ALLOW_SHARED_PROFILES")]
+    pub allow_shared_profiles: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -42,7 +42,7 @@ impl<L: LxdApi + Clone> Pipeline<L> {
         opts: Options,
         telemetry: &Telemetry,
     ) -> Pipeline<L> {
-        let store = Store::new();
+        let store = Store::new(&opts.owner);
         let queue =
             WorkQueue::new("lxd_mutater", opts.backoff).with_metrics(telemetry.queue.clone());
         let metrics = telemetry.metrics.clone();

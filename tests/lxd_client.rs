@@ -167,7 +167,7 @@ async fn profiles_are_assigned_in_the_order_given() {
 
     for order in [["default", "p-b", "p-a"], ["default", "p-a", "p-b"]] {
         client
-            .set_instance_profiles("i-0", &strings(&order), None)
+            .set_instance_profiles("i-0", &strings(&order), &Default::default(), None)
             .await
             .unwrap();
         assert_eq!(project.instance_profiles("i-0"), order);
@@ -188,7 +188,12 @@ async fn a_stale_etag_is_a_conflict() {
     // Someone else changes the instance after we read it.
     project.lxc(&["profile", "add", "i-0", "p-a"]);
     let err = client
-        .set_instance_profiles("i-0", &strings(&["default"]), Some(&etag))
+        .set_instance_profiles(
+            "i-0",
+            &strings(&["default"]),
+            &Default::default(),
+            Some(&etag),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::Conflict, "{err}");
@@ -197,7 +202,12 @@ async fn a_stale_etag_is_a_conflict() {
 
     let (_, fresh) = client.get_instance("i-0").await.unwrap();
     client
-        .set_instance_profiles("i-0", &strings(&["default"]), fresh.as_deref())
+        .set_instance_profiles(
+            "i-0",
+            &strings(&["default"]),
+            &Default::default(),
+            fresh.as_deref(),
+        )
         .await
         .unwrap();
     assert_eq!(project.instance_profiles("i-0"), ["default"]);
@@ -218,7 +228,12 @@ async fn assigning_a_missing_profile_is_not_found_and_changes_nothing() {
     let client = project.client();
     project.empty_instance("i-0");
     let err = client
-        .set_instance_profiles("i-0", &strings(&["default", "nope"]), None)
+        .set_instance_profiles(
+            "i-0",
+            &strings(&["default", "nope"]),
+            &Default::default(),
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::NotFound, "{err}");
@@ -233,7 +248,12 @@ async fn deleting_a_profile_in_use_is_in_use() {
     project.empty_instance("i-0");
     client.create_profile("p-a", &kmsg()).await.unwrap();
     client
-        .set_instance_profiles("i-0", &strings(&["default", "p-a"]), None)
+        .set_instance_profiles(
+            "i-0",
+            &strings(&["default", "p-a"]),
+            &Default::default(),
+            None,
+        )
         .await
         .unwrap();
     let err = client.delete_profile("p-a").await.unwrap_err();
@@ -277,7 +297,7 @@ async fn a_missing_instance_is_not_found() {
     assert_eq!(err.category(), ErrorCategory::NotFound, "{err}");
     assert_eq!(err.to_string(), "Instance not found");
     let err = client
-        .set_instance_profiles("ghost", &strings(&["default"]), None)
+        .set_instance_profiles("ghost", &strings(&["default"]), &Default::default(), None)
         .await
         .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::NotFound, "{err}");
@@ -339,7 +359,12 @@ async fn the_observer_sees_every_request_with_its_code() {
     client.list_instances().await.unwrap();
     client.create_profile("p-a", &kmsg()).await.unwrap();
     client
-        .set_instance_profiles("i-0", &strings(&["default", "p-a"]), None)
+        .set_instance_profiles(
+            "i-0",
+            &strings(&["default", "p-a"]),
+            &Default::default(),
+            None,
+        )
         .await
         .unwrap();
     client.delete_profile("p-a").await.unwrap_err();
@@ -546,7 +571,12 @@ async fn https_with_a_pinned_server_certificate_works() {
 
     client.create_profile("p-a", &kmsg()).await.unwrap();
     client
-        .set_instance_profiles("i-0", &strings(&["default", "p-a"]), None)
+        .set_instance_profiles(
+            "i-0",
+            &strings(&["default", "p-a"]),
+            &Default::default(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(project.instance_profiles("i-0"), ["default", "p-a"]);
@@ -653,7 +683,7 @@ async fn measure_200_patches_client_vs_curl() {
         let t = Instant::now();
         for (k, name) in names.iter().enumerate() {
             client
-                .set_instance_profiles(name, &list(k, false), None)
+                .set_instance_profiles(name, &list(k, false), &Default::default(), None)
                 .await
                 .unwrap();
         }
@@ -762,7 +792,7 @@ async fn a_closed_fence_sends_no_write_and_reads_go_on() {
     let fence = lxd_mutater::leader::WriteFence::closed();
     let lxd = project.client().with_fence(fence.clone());
     let refused = lxd
-        .set_instance_profiles("f0", &strings(&[]), None)
+        .set_instance_profiles("f0", &strings(&[]), &Default::default(), None)
         .await
         .unwrap_err();
     assert!(matches!(refused, LxdError::Fenced), "{refused:?}");
@@ -776,7 +806,7 @@ async fn a_closed_fence_sends_no_write_and_reads_go_on() {
     // Reads are not writes.
     assert_eq!(lxd.list_instances().await.unwrap().len(), 1);
     fence.lift();
-    lxd.set_instance_profiles("f0", &strings(&[]), None)
+    lxd.set_instance_profiles("f0", &strings(&[]), &Default::default(), None)
         .await
         .unwrap();
     assert!(project.instance_profiles("f0").is_empty());

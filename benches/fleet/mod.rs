@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use lxd_mutater::lxd::{Instance, Profile, ProfileContent};
-use lxd_mutater::reconcile::expected::{charm_content, model_profile_content, owned};
+use lxd_mutater::reconcile::expected::{charm_content, model_profile_content};
 use lxd_mutater::reconcile::{Decision, plan};
 use lxd_mutater::resource::{
     API_VERSION, Application, ApplicationSpec, InstanceSpec, LxdProfile, Metadata, Object,
     ProfileNames, Resource, Workload,
 };
+use lxd_mutater::store::observed::Stamp;
 use lxd_mutater::store::{Desired, Observed};
 
 pub const NS: &str = "bench";
@@ -123,6 +124,7 @@ pub fn fleet(n: usize, apps: usize) -> Fleet {
                 name: instance_name(i),
                 profiles,
                 status: "Running".into(),
+                config: Default::default(),
             }
         })
         .collect();
@@ -132,6 +134,14 @@ pub fn fleet(n: usize, apps: usize) -> Fleet {
             users[j].push(i);
         }
     }
+    let owned = |c: &ProfileContent| {
+        Stamp {
+            owner: Some(lxd_mutater::store::OWNER_VALUE.into()),
+            namespace: Some(NS.into()),
+            ..Stamp::default()
+        }
+        .on(c)
+    };
     let mut profiles = vec![
         Profile {
             name: "default".into(),

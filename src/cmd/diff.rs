@@ -21,9 +21,10 @@ pub async fn diff(lxd_args: LxdArgs, resources: ResourcesArg) -> anyhow::Result<
     let status = StatusFiles::open(scratch.path())?;
     let opts = Options {
         dry_run: true,
+        owner: lxd_args.owner.clone(),
         ..Options::new(names)
     };
-    super::check_project(&lxd).await?;
+    super::check_project(&lxd, lxd_args.allow_shared_profiles).await?;
     let pipeline = Pipeline::new(lxd, Arc::new(status), opts, &telemetry);
     let snapshot = super::load_dir(&resources.resources)?;
     pipeline.load(snapshot.resources());

@@ -86,16 +86,25 @@ fn connect(args: &LxdArgs, telemetry: &Telemetry) -> anyhow::Result<(LxdClient, 
 }
 
 /// LXD 5.0 lists nothing, without an error, for a project that does not exist: check it
-/// once, so that a typo in --lxd-project is not reported as every instance missing.
-async fn check_project(lxd: &LxdClient) -> anyhow::Result<()> {
+/// once, so that a typo in --lxd-project is not reported as every instance missing. A
+/// project without profiles of its own is refused unless allowed: its profile calls reach
+/// the default project's, shared with every such project.
+async fn check_project(lxd: &LxdClient, allow_shared_profiles: bool) -> anyhow::Result<()> {
     match lxd.get_project().await {
-        Ok(p) if !p.isolates_profiles() => {
+        Ok(p) if !p.isolates_profiles() && allow_shared_profiles => {
             warn!(
                 project = lxd.project(),
-                "project has features.profiles=false: its profiles are the default project's"
+                "project has features.profiles=false: its profiles are the default project's \
+                 (--allow-shared-profiles)"
             );
             Ok(())
         }
+        Ok(p) if !p.isolates_profiles() => anyhow::bail!(
+            "LXD project {:?} has features.profiles=false: its profiles are the default \
+             project's, shared with every project like it. Set features.profiles=true on it, \
+             or pass --allow-shared-profiles",
+            lxd.project()
+        ),
         Ok(_) => Ok(()),
         Err(LxdError::NotFound { .. }) => {
             anyhow::bail!(

@@ -54,6 +54,7 @@ fn options(args: &RunArgs, names: ProfileNames) -> Options {
         },
         reconcile_timeout: args.reconcile_timeout,
         namespace: args.namespace.clone(),
+        owner: args.lxd.owner.clone(),
         ..Options::new(names)
     }
 }
@@ -89,7 +90,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     if args.once {
-        super::check_project(pipeline.lxd()).await?;
+        super::check_project(pipeline.lxd(), args.lxd.allow_shared_profiles).await?;
         super::listing(pipeline.relist().await)?;
         pipeline.enqueue_all();
         pipeline.worker.clone().run(true).await;
@@ -97,7 +98,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let http = serve(&args.listen, pipeline.endpoints(telemetry.clone())).await?;
-    let mut tasks = start_lxd(&pipeline, args.resync).await?;
+    let mut tasks = start_lxd(&pipeline, args.resync, args.lxd.allow_shared_profiles).await?;
     info!(
         resources = %root.display(),
         state_dir = %state_dir.display(),
@@ -188,7 +189,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         &telemetry,
     ));
     let http = serve(&args.listen, pipeline.endpoints(telemetry.clone())).await?;
-    let mut tasks = start_lxd(&pipeline, args.resync).await?;
+    let mut tasks = start_lxd(&pipeline, args.resync, args.lxd.allow_shared_profiles).await?;
     let (events, source_events) = mpsc::unbounded_channel();
     tasks.extend(Source::new(events, kube_client, args.namespace.clone()).spawn());
     tasks.push(forward(source_events, pipeline.clone()));
@@ -348,11 +349,12 @@ async fn serve(
 async fn start_lxd(
     pipeline: &Arc<Pipeline<LxdClient>>,
     resync: Duration,
+    allow_shared_profiles: bool,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     // Wait for LXD: a controller started before its LXD must not exit.
     let mut delay = Backoff::new(RETRY);
     loop {
-        match super::check_project(pipeline.lxd()).await {
+        match super::check_project(pipeline.lxd(), allow_shared_profiles).await {
             Ok(()) => break,
             Err(e) if e.downcast_ref::<crate::lxd::LxdError>().is_some() => {
                 warn!(error = %e, "LXD does not answer; retrying in {:?}", delay.peek());

@@ -1,6 +1,7 @@
 //! The REST client: a fresh connection per request (see `LxdClient::new` for why), `?project=`
 //! on every call, LXD's envelopes and operations turned into values or `LxdError`s.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,12 +30,15 @@ pub trait LxdApi: Send + Sync + 'static {
     fn list_instances(&self) -> impl Future<Output = Result<Vec<Instance>, LxdError>> + Send;
     /// `GET /1.0/profiles?recursion=1`.
     fn list_profiles(&self) -> impl Future<Output = Result<Vec<Profile>, LxdError>> + Send;
-    /// `PATCH /1.0/instances/<n>` with `{"profiles": [...]}` only: no other field of the
-    /// instance can be clobbered. `if_match` is an ETag from `get_instance`.
+    /// `PATCH /1.0/instances/<n>` with `{"profiles": [...]}` and, when `config` is not
+    /// empty, `"config": {...}`, which LXD merges into the instance's config (the
+    /// controller's claim): no other field of the instance can be clobbered. `if_match`
+    /// is an ETag from `get_instance`.
     fn set_instance_profiles(
         &self,
         instance: &str,
         profiles: &[String],
+        config: &BTreeMap<String, String>,
         if_match: Option<&str>,
     ) -> impl Future<Output = Result<(), LxdError>> + Send;
     /// `POST /1.0/profiles`.
@@ -142,6 +146,8 @@ struct NewProfile<'a> {
 #[derive(Serialize)]
 struct ProfilesPatch<'a> {
     profiles: &'a [String],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    config: &'a BTreeMap<String, String>,
 }
 
 impl LxdClient {
@@ -516,10 +522,11 @@ impl LxdApi for LxdClient {
         &self,
         instance: &str,
         profiles: &[String],
+        config: &BTreeMap<String, String>,
         if_match: Option<&str>,
     ) -> Result<(), LxdError> {
         let path = format!("/1.0/instances/{}", encode_component(instance));
-        let body = to_body(&ProfilesPatch { profiles })?;
+        let body = to_body(&ProfilesPatch { profiles, config })?;
         self.call(Method::PATCH, &path, &[], Some(body), if_match)
             .await
             .map(drop)

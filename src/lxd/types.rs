@@ -15,6 +15,9 @@ pub struct Instance {
     /// LXD's status text: `Running`, `Stopped`, ...
     #[serde(default)]
     pub status: String,
+    /// The instance's own config (where the controller records its claim).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// The part of a profile the controller writes: what a charm's `lxd-profile.yaml` holds.

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::lxd::{LxdApi, LxdError, ProfileContent};
+use crate::store::observed::Stamp;
 use crate::store::{Object, Store};
 
 use super::collect::Cleanup;
-use super::expected::owned;
 use super::plan::{Plan, Step};
 
 /// A plan step LXD refused.
@@ -100,14 +100,24 @@ pub async fn apply<L: LxdApi>(
             cause,
         };
         match step {
-            Step::CreateProfile { name, content } => {
+            Step::CreateProfile {
+                name,
+                content,
+                stamp,
+            } => {
                 let _held = locks.lock(name).await;
                 if store.observed().profile(name).is_some() {
                     continue; // created meanwhile by another reconcile
                 }
-                create(lxd, name, content, store).await.map_err(fail)?;
+                create(lxd, name, content, stamp, store)
+                    .await
+                    .map_err(fail)?;
             }
-            Step::ReplaceProfile { name, content } => {
+            Step::ReplaceProfile {
+                name,
+                content,
+                stamp,
+            } => {
                 let _held = locks.lock(name).await;
                 if store
                     .observed()
@@ -121,28 +131,37 @@ pub async fn apply<L: LxdApi>(
                 store
                     .observed_mut()
                     .expect_echo(Object::Profile(name.clone()));
-                lxd.replace_profile(name, &owned(content), None)
-                    .await
-                    .map_err(fail)?;
+                if let Err(e) = lxd.replace_profile(name, &stamp.on(content), None).await {
+                    // An update can fail part way and still be saved ("profile change
+                    // still saved"): read what LXD holds now rather than retry blindly;
+                    // the queue's backoff decides when to look again.
+                    if let Ok((p, _)) = lxd.get_profile(name).await {
+                        store.observed_mut().put_lxd_profile(p);
+                    }
+                    return Err(fail(e));
+                }
                 store
                     .observed_mut()
-                    .set_profile(name, content.clone(), true);
+                    .set_profile(name, content.clone(), stamp.clone());
                 done.rewritten.push(name.clone());
             }
-            Step::SetProfiles { profiles } => {
+            Step::SetProfiles { profiles, claim } => {
                 let object = Object::Instance(plan.instance.clone());
                 store.observed_mut().expect_echo(object.clone());
-                // The PATCH is synchronous and atomic: its success confirms the list.
+                // The PATCH is synchronous and atomic: its success confirms the list
+                // and the claim, recorded by the same request.
                 if let Err(e) = lxd
-                    .set_instance_profiles(&plan.instance, profiles, None)
+                    .set_instance_profiles(&plan.instance, profiles, &claim.config(), None)
                     .await
                 {
                     store.observed_mut().cancel_echo(&object);
                     return Err(fail(e));
                 }
-                store
-                    .observed_mut()
-                    .set_instance_profiles(&plan.instance, profiles);
+                {
+                    let mut o = store.observed_mut();
+                    o.set_instance_profiles(&plan.instance, profiles);
+                    o.set_claim(&plan.instance, claim.clone());
+                }
                 done.profiles = profiles.clone();
                 done.list_set = true;
             }
@@ -210,15 +229,16 @@ async fn create<L: LxdApi>(
     lxd: &L,
     name: &str,
     content: &ProfileContent,
+    stamp: &Stamp,
     store: &Store,
 ) -> Result<(), LxdError> {
     let object = Object::Profile(name.to_string());
     store.observed_mut().expect_echo(object.clone());
-    match lxd.create_profile(name, &owned(content)).await {
+    match lxd.create_profile(name, &stamp.on(content)).await {
         Ok(()) => {
             store
                 .observed_mut()
-                .set_profile(name, content.clone(), true);
+                .set_profile(name, content.clone(), stamp.clone());
             Ok(())
         }
         Err(LxdError::AlreadyExists { .. }) => {

@@ -39,11 +39,13 @@ impl fmt::Display for Cleanup {
     }
 }
 
-/// Plans the deletion of every profile that is owned, a charm profile by its name, used
-/// by no instance and expected by no resource (`expected`: every charm profile any
+/// Plans the deletion of every profile that is owned (its recorded owner is this
+/// controller), a charm profile by its recorded identity, used by no instance and
+/// expected by no resource (`expected`: every charm profile any
 /// resource expects, whatever the flavour: another host's containers still need theirs).
-/// With `namespace` (a controller of one namespace), only that namespace's charm
-/// profiles: controllers of other namespaces on the same LXD keep theirs.
+/// With `namespace` (a controller of one namespace), only the charm profiles recorded
+/// for that namespace: controllers of other namespaces on the same LXD keep theirs, even
+/// when one namespace's name is a prefix of another's (`m`, `m-x`).
 pub fn collect(
     observed: &Observed,
     expected: &HashSet<String>,
@@ -53,11 +55,18 @@ pub fn collect(
     let mut doomed: Vec<String> = observed
         .profiles()
         .filter(|(name, p)| {
-            p.owned
-                && p.used_by.is_empty()
-                && names.is_charm_profile(name)
-                && !expected.contains(name.as_str())
-                && namespace.is_none_or(|ns| names.parse_charm_profile(name, ns).is_some())
+            let ours = match (&p.stamp.application, &p.stamp.namespace) {
+                // Recorded identity: a charm profile of this namespace.
+                (Some(_), Some(recorded)) => namespace.is_none_or(|ns| ns == recorded),
+                // The model profile (a namespace and no application) is not collected here.
+                (None, Some(_)) => false,
+                // Made before identities were recorded: only the name can tell.
+                _ => {
+                    names.is_charm_profile(name)
+                        && namespace.is_none_or(|ns| names.parse_charm_profile(name, ns).is_some())
+                }
+            };
+            p.owned && p.used_by.is_empty() && !expected.contains(name.as_str()) && ours
         })
         .map(|(name, _)| name.clone())
         .collect();

@@ -4,7 +4,6 @@ use crate::lxd::ProfileContent;
 use crate::resource::{
     Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules,
 };
-use crate::store::{OWNER_KEY, OWNER_VALUE};
 
 /// A charm profile the instance needs, with the content it must have (without the owner
 /// key).
@@ -12,6 +11,9 @@ use crate::store::{OWNER_KEY, OWNER_VALUE};
 pub struct CharmProfile {
     pub name: String,
     pub content: ProfileContent,
+    /// The application and revision it is made for (recorded on it).
+    pub application: String,
+    pub revision: u64,
 }
 
 /// The instance's expected profile list, in order, and what it needs to exist.
@@ -49,13 +51,6 @@ pub fn model_profile_content() -> ProfileContent {
     let mut c = ProfileContent::default();
     c.config.insert("boot.autostart".into(), "true".into());
     c.config.insert("security.nesting".into(), "true".into());
-    c
-}
-
-/// Content as written to LXD: with the owner key.
-pub fn owned(content: &ProfileContent) -> ProfileContent {
-    let mut c = content.clone();
-    c.config.insert(OWNER_KEY.into(), OWNER_VALUE.into());
     c
 }
 
@@ -98,6 +93,8 @@ pub fn expected_profiles<'a>(
         charm_profiles.push(CharmProfile {
             name,
             content: charm_content(profile),
+            application: app_name.clone(),
+            revision: app.spec.revision,
         });
     }
     let mut seen = std::collections::HashSet::new();

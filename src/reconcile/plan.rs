@@ -5,26 +5,30 @@
 use std::fmt;
 
 use crate::lxd::ProfileContent;
-use crate::resource::{Application, Kind, Life, ProfileNames, Workload};
+use crate::resource::{Application, Kind, Life, ProfileNames, ResourceKey, Workload};
 use crate::store::Observed;
+use crate::store::observed::{Claim, Stamp};
 
 use super::expected::{ExpectedError, expected_profiles, model_profile_content};
 
 /// One write to LXD.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// `POST /1.0/profiles` (content without the owner key: apply adds it).
+    /// `POST /1.0/profiles` (content without the record: apply writes `stamp` on it).
     CreateProfile {
         name: String,
         content: ProfileContent,
+        stamp: Stamp,
     },
     /// `PUT /1.0/profiles/<name>` of an owned profile whose content drifted.
     ReplaceProfile {
         name: String,
         content: ProfileContent,
+        stamp: Stamp,
     },
-    /// `PATCH /1.0/instances/<instance>` with the whole list.
-    SetProfiles { profiles: Vec<String> },
+    /// `PATCH /1.0/instances/<instance>` with the whole list, and the claim recorded in
+    /// the instance's config by the same request.
+    SetProfiles { profiles: Vec<String>, claim: Claim },
     /// `DELETE /1.0/profiles/<name>` of an owned charm profile that nothing expects and
     /// LXD reports unused (planned by `collect`, never by `plan`).
     DeleteProfile { name: String },
@@ -96,13 +100,13 @@ impl fmt::Display for Plan {
         writeln!(f, "  expected: [{}]", self.expected.join(", "))?;
         for s in &self.steps {
             match s {
-                Step::CreateProfile { name, content } => {
+                Step::CreateProfile { name, content, .. } => {
                     writeln!(f, "  + create profile {name} ({})", summary(content))?
                 }
-                Step::ReplaceProfile { name, content } => {
+                Step::ReplaceProfile { name, content, .. } => {
                     writeln!(f, "  ~ rewrite profile {name} ({})", summary(content))?
                 }
-                Step::SetProfiles { profiles } => {
+                Step::SetProfiles { profiles, .. } => {
                     writeln!(f, "  ~ set profiles [{}]", profiles.join(", "))?
                 }
                 Step::DeleteProfile { name } => writeln!(f, "  - delete profile {name}")?,
@@ -111,7 +115,7 @@ impl fmt::Display for Plan {
         for p in &self.foreign {
             writeln!(
                 f,
-                "  ! profile {p} is not owned by lxd-mutater and differs: left alone"
+                "  ! profile {p} is not this controller's and differs: not attached, left alone"
             )?;
         }
         Ok(())
@@ -169,6 +173,16 @@ pub fn plan<'a>(
     let Some(current) = observed.instance_profiles(instance) else {
         return Decision::UnknownInstance(instance.clone());
     };
+    let owner = observed.owner();
+    if let Some(claim) = observed.claim(instance)
+        && claim.owner != owner
+    {
+        return Decision::Invalid(format!(
+            "instance {instance:?} is claimed by another controller ({} for {}): not touched",
+            claim.owner, claim.resource
+        ));
+    }
+    let namespace = &workload.metadata.namespace;
     let mut steps = Vec::new();
     let mut foreign = Vec::new();
     if let Some(model) = &expected.model_profile
@@ -177,19 +191,32 @@ pub fn plan<'a>(
         steps.push(Step::CreateProfile {
             name: model.clone(),
             content: model_profile_content(),
+            stamp: Stamp {
+                owner: Some(owner.to_string()),
+                namespace: Some(namespace.clone()),
+                ..Stamp::default()
+            },
         });
     }
     for cp in &expected.charm_profiles {
+        let stamp = || Stamp {
+            owner: Some(owner.to_string()),
+            namespace: Some(namespace.clone()),
+            application: Some(cp.application.clone()),
+            revision: Some(cp.revision),
+        };
         match observed.profile(&cp.name) {
             None => steps.push(Step::CreateProfile {
                 name: cp.name.clone(),
                 content: cp.content.clone(),
+                stamp: stamp(),
             }),
             Some(op) if op.content != cp.content => {
                 if op.owned {
                     steps.push(Step::ReplaceProfile {
                         name: cp.name.clone(),
                         content: cp.content.clone(),
+                        stamp: stamp(),
                     });
                 } else {
                     foreign.push(cp.name.clone());
@@ -198,9 +225,16 @@ pub fn plan<'a>(
             Some(_) => {}
         }
     }
-    if current != expected.list.as_slice() {
+    // A profile that is not ours and differs is never attached: the instance keeps its
+    // list until an operator mends or removes that profile.
+    if current != expected.list.as_slice() && foreign.is_empty() {
+        let key = ResourceKey::new(flavour, namespace, &workload.metadata.name);
         steps.push(Step::SetProfiles {
             profiles: expected.list.clone(),
+            claim: Claim {
+                owner: owner.to_string(),
+                resource: key.to_string(),
+            },
         });
     }
     Decision::Act(Plan {
@@ -235,6 +269,7 @@ mod tests {
                 name: "i0".into(),
                 profiles: instance_profiles.iter().map(|s| s.to_string()).collect(),
                 status: "Stopped".into(),
+                config: Default::default(),
             }],
             profiles
                 .iter()
@@ -314,7 +349,7 @@ mod tests {
             .map(|s| match s {
                 Step::CreateProfile { name, .. } => format!("create {name}"),
                 Step::ReplaceProfile { name, .. } => format!("replace {name}"),
-                Step::SetProfiles { profiles } => format!("set {}", profiles.join(",")),
+                Step::SetProfiles { profiles, .. } => format!("set {}", profiles.join(",")),
                 Step::DeleteProfile { name } => format!("delete {name}"),
             })
             .collect();
@@ -388,6 +423,28 @@ mod tests {
         let p = act(decide(&f));
         assert!(p.is_empty());
         assert_eq!(p.foreign, vec!["juju-m-one-3"]);
+    }
+
+    #[test]
+    fn a_foreign_profile_that_differs_is_never_attached() {
+        // A new revision whose profile an operator made by hand, with other content.
+        let f = fixture(
+            &machine("{instance: i0, applications: [one]}"),
+            &["default", "juju-m"],
+            &[("juju-m", "true", true), ("juju-m-one-3", "false", false)],
+        );
+        let p = act(decide(&f));
+        assert_eq!(p.steps, vec![]);
+        assert_eq!(p.foreign, vec!["juju-m-one-3"]);
+        // The same content without the owner key (Juju made it): used as it is.
+        let f = fixture(
+            &machine("{instance: i0, applications: [one]}"),
+            &["default", "juju-m"],
+            &[("juju-m", "true", true), ("juju-m-one-3", "true", false)],
+        );
+        let p = act(decide(&f));
+        assert!(p.foreign.is_empty());
+        assert!(matches!(p.steps.as_slice(), [Step::SetProfiles { .. }]));
     }
 
     #[test]

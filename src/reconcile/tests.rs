@@ -250,3 +250,137 @@ async fn the_clean_up_keeps_a_profile_that_lxd_says_is_in_use_again() {
     assert!(lxd.profile("juju-m-old-1").is_some());
     assert!(p.store.observed().profile("juju-m-old-1").is_some());
 }
+
+// The safety rules (README "Promises"), each counting the LXD writes it caused.
+
+fn container(name: &str, namespace: &str, instance: &str) -> String {
+    format!(
+        "apiVersion: lxdmutater.dev/v1alpha1\nkind: Container\nmetadata: {{name: \"{name}\", namespace: {namespace}}}\nspec: {{machine: \"0\", instance: {instance}, applications: []}}\n---\n"
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hand_made_profile_that_differs_is_never_attached() {
+    let lxd = MemLxd::new();
+    lxd.add_profile("juju-m", nesting(true));
+    lxd.add_instance("i0", &["default", "juju-m"]);
+    // Made by hand, no owner key, other content (a disk mounting the host's /).
+    let mut evil = crate::lxd::ProfileContent::default();
+    evil.devices.insert(
+        "host".into(),
+        [("type", "disk"), ("source", "/"), ("path", "/mnt")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    lxd.add_profile("juju-m-one-9", evil);
+    let (p, _) = pipeline(&lxd, |_| {});
+    p.load(resources(&(app("one", 9) + &machine("0", "i0", &["one"]))));
+    p.relist().await.unwrap();
+    let r = p.worker.process(&WorkKey::Resource(key("0"))).await;
+    assert_eq!(r.unwrap(), Some(Phase::Error));
+    assert_eq!(writes(&lxd), Vec::<String>::new());
+    assert_eq!(lxd.instance_profiles("i0").unwrap(), ["default", "juju-m"]);
+    let s = p.report.last(&key("0")).unwrap();
+    assert!(s.message.contains("juju-m-one-9"), "{}", s.message);
+    assert!(s.message.contains("not attached"), "{}", s.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_resources_naming_one_instance_are_both_errors_and_the_instance_is_untouched() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    let both = app("one", 3) + &machine("0", "i0", &["one"]) + &container("0-lxd-0", "other", "i0");
+    p.load(resources(&both));
+    p.relist().await.unwrap();
+    p.enqueue_all();
+    p.worker.clone().run(true).await;
+    assert_eq!(writes(&lxd), Vec::<String>::new());
+    let m = p.report.last(&key("0")).unwrap();
+    let c = p
+        .report
+        .last(&ResourceKey::new(Kind::Container, "other", "0-lxd-0"))
+        .unwrap();
+    assert_eq!((m.phase, c.phase), (Phase::Error, Phase::Error));
+    assert!(
+        m.message.contains("Container/other/0-lxd-0"),
+        "{}",
+        m.message
+    );
+    assert!(c.message.contains("Machine/m/0"), "{}", c.message);
+    // The other one goes: the Machine is among the keys to reconcile again, and is
+    // managed again.
+    let ckey = ResourceKey::new(Kind::Container, "other", "0-lxd-0");
+    assert_eq!(p.store.remove(&ckey), [key("0"), ckey]);
+    let r = p.worker.process(&WorkKey::Resource(key("0"))).await;
+    assert_eq!(r.unwrap(), Some(Phase::Applied));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_claim_is_recorded_by_the_same_patch_and_another_owners_instance_is_not_touched() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    lxd.add_instance("i1", &["default"]);
+    lxd.set_instance_config_by_hand("i1", "user.lxd-mutater.owner", Some("green"));
+    lxd.set_instance_config_by_hand("i1", "user.lxd-mutater.resource", Some("Machine/m/1"));
+    let (p, _) = pipeline(&lxd, |o| o.owner = "blue".into());
+    let yaml = app("one", 3) + &machine("0", "i0", &["one"]) + &machine("1", "i1", &["one"]);
+    p.load(resources(&yaml));
+    p.relist().await.unwrap();
+    p.enqueue_all();
+    p.worker.clone().run(true).await;
+    let config = lxd.instance_config("i0").unwrap();
+    assert_eq!(
+        config.get("user.lxd-mutater.owner").map(String::as_str),
+        Some("blue")
+    );
+    assert_eq!(
+        config.get("user.lxd-mutater.resource").map(String::as_str),
+        Some("Machine/m/0")
+    );
+    assert_eq!(
+        writes(&lxd)
+            .iter()
+            .filter(|w| w.starts_with("PATCH"))
+            .count(),
+        1,
+        "one PATCH, for i0 only"
+    );
+    assert_eq!(lxd.instance_profiles("i1").unwrap(), ["default"]);
+    let s = p.report.last(&key("1")).unwrap();
+    assert!(
+        s.message.contains("claimed by another controller (green"),
+        "{}",
+        s.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_profile_is_ours_by_its_recorded_owner_not_by_its_name_or_the_key_alone() {
+    let lxd = MemLxd::new();
+    let stamped = |owner: &str, namespace: &str| {
+        let mut c = nesting(false);
+        c.config
+            .insert("user.lxd-mutater.owner".into(), owner.into());
+        c.config
+            .insert("user.lxd-mutater.namespace".into(), namespace.into());
+        c.config
+            .insert("user.lxd-mutater.application".into(), "x-app".into());
+        c.config
+            .insert("user.lxd-mutater.revision".into(), "1".into());
+        c
+    };
+    // Another controller's, and one of namespace m-x whose name parses as m's too.
+    lxd.add_profile("juju-m-green-1", stamped("green", "m"));
+    lxd.add_profile("juju-m-x-app-1", stamped("blue", "m-x"));
+    lxd.add_profile("juju-m-mine-1", stamped("blue", "m"));
+    let (p, _) = pipeline(&lxd, |o| {
+        o.owner = "blue".into();
+        o.namespace = Some("m".into());
+    });
+    p.load(vec![]);
+    p.relist().await.unwrap();
+    p.worker.process(&WorkKey::Collect).await.unwrap();
+    assert_eq!(writes(&lxd), ["DELETE /1.0/profiles/juju-m-mine-1"]);
+}

@@ -48,6 +48,9 @@ pub struct Options {
     /// collected only when their name is one of this namespace's charm profiles, so that
     /// controllers of other namespaces on the same LXD keep theirs.
     pub namespace: Option<String>,
+    /// `--owner`: recorded on what this controller creates and claims; it touches only
+    /// what carries it.
+    pub owner: String,
 }
 
 impl Options {
@@ -62,6 +65,7 @@ impl Options {
             names,
             reconcile_timeout: Duration::from_secs(60),
             namespace: None,
+            owner: crate::store::OWNER_VALUE.to_string(),
         }
     }
 
@@ -202,6 +206,9 @@ impl<L: LxdApi> Worker<L> {
     }
 
     fn plan(&self, key: &ResourceKey, snapshot: &Snapshot) -> Decision {
+        if let Some(conflict) = self.sharing(key, &snapshot.workload) {
+            return conflict;
+        }
         plan(
             key.kind,
             &snapshot.workload,
@@ -209,6 +216,32 @@ impl<L: LxdApi> Worker<L> {
             &self.store.observed(),
             &self.opts.names,
         )
+    }
+
+    /// One instance, one resource: another managed resource naming the same instance makes
+    /// both Error, each naming the other, and the instance is not written.
+    fn sharing(&self, key: &ResourceKey, w: &Workload) -> Option<Decision> {
+        let instance = w.spec.instance.as_ref()?;
+        if w.spec.manual || w.spec.life == crate::resource::Life::Dead {
+            return None;
+        }
+        let d = self.store.desired();
+        let others: Vec<String> = d
+            .keys_for_instance(instance)
+            .into_iter()
+            .filter(|k| k != key)
+            .filter(|k| {
+                d.workload(k)
+                    .is_some_and(|o| !o.spec.manual && o.spec.life != crate::resource::Life::Dead)
+            })
+            .map(|k| k.to_string())
+            .collect();
+        (!others.is_empty()).then(|| {
+            Decision::Invalid(format!(
+                "instance {instance:?} is also named by {}: one instance, one resource; not touched",
+                others.join(", ")
+            ))
+        })
     }
 
     /// Reconciles one Machine or Container: snapshot -> plan -> apply -> report.

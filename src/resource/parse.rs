@@ -627,6 +627,19 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_key_may_not_be_set_in_a_profile_even_forced() {
+        let text = format!(
+            "{APP}  force: true\n  lxdProfile:\n    config: {{user.lxd-mutater.owner: me, security.nesting: true}}\n"
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.lxdProfile.config.user.lxd-mutater.owner: config key \"user.lxd-mutater.owner\" is reserved"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_file_over_the_size_cap_is_refused_before_parsing() {
         let big = format!("{APP}# {}\n", "x".repeat(10 * 1024 * 1024));
         let e = errors(&big);

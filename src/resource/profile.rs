@@ -37,6 +37,10 @@ impl LxdProfile {
     }
 }
 
+/// The config keys the controller records on LXD objects (owner, identity, claim): not
+/// content, and never set by a resource.
+pub const RESERVED_PREFIX: &str = "user.lxd-mutater.";
+
 /// The keys of a pasted profile that are dropped with a warning.
 pub const IGNORED_PROFILE_KEYS: [&str; 2] = ["name", "used_by"];
 const PROFILE_KEYS: [&str; 5] = ["description", "config", "devices", "name", "used_by"];

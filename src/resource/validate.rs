@@ -114,6 +114,21 @@ fn check_application(a: &Application, out: &mut Vec<Violation>) {
             ));
         }
     }
+    // The controller's ownership record: a profile carrying it could never match what
+    // LXD holds (the record is not content), so it would be rewritten on every pass.
+    for key in profile
+        .config
+        .keys()
+        .filter(|k| k.starts_with(super::profile::RESERVED_PREFIX))
+    {
+        out.push(Violation::invalid(
+            &["spec", "lxdProfile", "config", key],
+            format!(
+                "config key {key:?} is reserved: lxd-mutater records ownership under {:?}",
+                super::profile::RESERVED_PREFIX
+            ),
+        ));
+    }
     if profile.config.contains_key("") {
         out.push(Violation::invalid(
             &["spec", "lxdProfile", "config"],

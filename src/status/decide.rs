@@ -99,7 +99,8 @@ impl Outcome {
                 (Phase::Applied, String::new())
             } else {
                 error(format!(
-                    "profile(s) {} exist without the owner key {} and differ: not rewritten",
+                    "profile(s) {} exist, are not this controller's (no {} of its own) and \
+                     differ from the application's profile: not attached, not rewritten",
                     foreign.join(", "),
                     crate::store::OWNER_KEY
                 ))

@@ -71,6 +71,9 @@ impl Desired {
                 {
                     return vec![];
                 }
+                // Resources sharing the old or the new instance are affected too (one
+                // instance, one resource: a conflict starts or ends).
+                let mut affected = self.sharing_instance(&key);
                 self.unindex(&key);
                 let (apps, instance, extras) = index_entries(&key, &w);
                 for app in apps {
@@ -87,7 +90,11 @@ impl Desired {
                 }
                 *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
                 self.workloads.insert(key.clone(), Arc::new(w));
-                vec![key]
+                affected.extend(self.sharing_instance(&key));
+                affected.push(key);
+                affected.sort();
+                affected.dedup();
+                affected
             }
         }
     }
@@ -104,14 +111,28 @@ impl Desired {
                 self.users_of(&app_key)
             }
             Kind::Machine | Kind::Container => {
+                let mut affected = self.sharing_instance(key);
                 self.unindex(key);
                 if self.workloads.remove(key).is_some() {
-                    vec![key.clone()]
-                } else {
-                    vec![]
+                    affected.push(key.clone());
                 }
+                affected
             }
         }
+    }
+
+    /// The other Machines and Containers naming the same instance as `key` does now.
+    fn sharing_instance(&self, key: &ResourceKey) -> Vec<ResourceKey> {
+        self.workloads
+            .get(key)
+            .and_then(|w| w.spec.instance.as_ref())
+            .map(|i| {
+                self.keys_for_instance(i)
+                    .into_iter()
+                    .filter(|k| k != key)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn unindex(&mut self, key: &ResourceKey) {

@@ -79,9 +79,7 @@ impl<L: LxdApi> LxdFeed<L> {
                     return Ok(Affected::default());
                 }
                 match self.lxd.get_instance(name).await {
-                    Ok((i, _)) => store
-                        .observed_mut()
-                        .set_instance_profiles(&i.name, &i.profiles),
+                    Ok((i, _)) => store.observed_mut().put_instance(&i),
                     Err(LxdError::NotFound { .. }) => store.observed_mut().remove_instance(name),
                     Err(e) => return Err(e),
                 }

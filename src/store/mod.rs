@@ -22,7 +22,7 @@ pub use observed::{OWNER_KEY, OWNER_VALUE, Object, Observed, ObservedProfile};
 use crate::resource::{Application, Resource, ResourceKey, Workload};
 
 /// The two truths, shared by the feeds (writers) and the workers (readers).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     desired: RwLock<Desired>,
     observed: RwLock<Observed>,
@@ -48,8 +48,14 @@ impl Snapshot {
 }
 
 impl Store {
-    pub fn new() -> Arc<Store> {
-        Arc::new(Store::default())
+    /// The store of the controller `owner` (`--owner`): what it owns in LXD is what
+    /// carries that value.
+    pub fn new(owner: &str) -> Arc<Store> {
+        Arc::new(Store {
+            desired: RwLock::default(),
+            observed: RwLock::new(Observed::with_owner(owner)),
+            desired_loaded: AtomicBool::new(false),
+        })
     }
 
     /// A poisoned lock only means a panic elsewhere; the maps stay consistent per call.

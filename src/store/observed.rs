@@ -8,30 +8,109 @@ use tokio::time::Instant;
 
 use crate::lxd::{Instance, Profile, ProfileContent};
 
-/// Profiles the controller creates carry this config key; it never rewrites or deletes a
-/// profile without it, and ignores it when comparing content.
+/// Every key the controller records on LXD objects starts with this; such keys are not
+/// content, and a resource may not set them (`resource::profile::RESERVED_PREFIX`).
+pub use crate::resource::profile::RESERVED_PREFIX;
+
+/// The controller that made a profile, or claims an instance: `--owner`. It never
+/// rewrites or deletes a profile, nor touches an instance, whose owner is another.
 pub const OWNER_KEY: &str = "user.lxd-mutater.owner";
+/// The default `--owner`.
 pub const OWNER_VALUE: &str = "lxd-mutater";
+/// On a profile: the namespace (model) it was made for.
+pub const NAMESPACE_KEY: &str = "user.lxd-mutater.namespace";
+/// On a charm profile: the application and revision it was made for.
+pub const APPLICATION_KEY: &str = "user.lxd-mutater.application";
+pub const REVISION_KEY: &str = "user.lxd-mutater.revision";
+/// On an instance: the resource that manages it (`Machine/m/0`), beside its owner.
+pub const RESOURCE_KEY: &str = "user.lxd-mutater.resource";
+
+/// Who made a profile and for what, as recorded on it: ownership is decided by these
+/// values, not by parsing the profile's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub owner: Option<String>,
+    pub namespace: Option<String>,
+    pub application: Option<String>,
+    pub revision: Option<u64>,
+}
+
+impl Stamp {
+    /// Takes the record out of a profile's config (what is left is the content).
+    fn take(config: &mut std::collections::BTreeMap<String, String>) -> Stamp {
+        let stamp = Stamp {
+            owner: config.get(OWNER_KEY).cloned(),
+            namespace: config.get(NAMESPACE_KEY).cloned(),
+            application: config.get(APPLICATION_KEY).cloned(),
+            revision: config.get(REVISION_KEY).and_then(|r| r.parse().ok()),
+        };
+        config.retain(|k, _| !k.starts_with(RESERVED_PREFIX));
+        stamp
+    }
+
+    /// `content` as written to LXD: with the record.
+    pub fn on(&self, content: &ProfileContent) -> ProfileContent {
+        let mut c = content.clone();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                c.config.insert(k.into(), v);
+            }
+        };
+        put(OWNER_KEY, self.owner.clone());
+        put(NAMESPACE_KEY, self.namespace.clone());
+        put(APPLICATION_KEY, self.application.clone());
+        put(REVISION_KEY, self.revision.map(|r| r.to_string()));
+        c
+    }
+}
+
+/// The resource an instance is claimed by, as recorded on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub owner: String,
+    pub resource: String,
+}
+
+impl Claim {
+    fn of(config: &std::collections::BTreeMap<String, String>) -> Option<Claim> {
+        Some(Claim {
+            owner: config.get(OWNER_KEY)?.clone(),
+            resource: config.get(RESOURCE_KEY).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// The config keys that record it, for the PATCH that sets the instance's profiles.
+    pub fn config(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            (OWNER_KEY.to_string(), self.owner.clone()),
+            (RESOURCE_KEY.to_string(), self.resource.clone()),
+        ]
+        .into()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedProfile {
-    /// The content, without the owner key.
+    /// The content, without the controller's record.
     pub content: ProfileContent,
+    pub stamp: Stamp,
+    /// Made by this controller (its `--owner`).
     pub owned: bool,
     /// Instances that use the profile.
     pub used_by: BTreeSet<String>,
 }
 
 impl ObservedProfile {
-    fn from_lxd(p: Profile) -> (String, ObservedProfile) {
+    fn from_lxd(p: Profile, owner: &str) -> (String, ObservedProfile) {
         let used_by = p.used_by_instances().map(str::to_string).collect();
         let mut content = p.content;
-        let owned = content.config.remove(OWNER_KEY).is_some();
+        let stamp = Stamp::take(&mut content.config);
         (
             p.name,
             ObservedProfile {
                 content,
-                owned,
+                owned: stamp.owner.as_deref() == Some(owner),
+                stamp,
                 used_by,
             },
         )
@@ -50,9 +129,13 @@ pub enum Object {
 const ECHO_TTL: Duration = Duration::from_secs(5);
 
 /// What LXD holds, as far as the controller knows.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Observed {
+    /// This controller's `--owner`.
+    owner: String,
     instances: HashMap<String, Vec<String>>,
+    /// The claims recorded on instances.
+    claims: HashMap<String, Claim>,
     profiles: HashMap<String, ObservedProfile>,
     listed: bool,
     /// Events our own writes will cause: they need no read-back (the write already
@@ -60,18 +143,65 @@ pub struct Observed {
     echoes: HashMap<Object, Vec<Instant>>,
 }
 
+impl Default for Observed {
+    fn default() -> Observed {
+        Observed::with_owner(OWNER_VALUE)
+    }
+}
+
 impl Observed {
+    /// An empty cache for the controller `owner`.
+    pub fn with_owner(owner: &str) -> Observed {
+        Observed {
+            owner: owner.to_string(),
+            instances: HashMap::new(),
+            claims: HashMap::new(),
+            profiles: HashMap::new(),
+            listed: false,
+            echoes: HashMap::new(),
+        }
+    }
+
+    /// This controller's `--owner`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// Replaces everything with a full listing.
     pub fn replace(&mut self, instances: Vec<Instance>, profiles: Vec<Profile>) {
+        self.claims = instances
+            .iter()
+            .filter_map(|i| Some((i.name.clone(), Claim::of(&i.config)?)))
+            .collect();
         self.instances = instances
             .into_iter()
             .map(|i| (i.name, i.profiles))
             .collect();
+        let owner = self.owner.clone();
         self.profiles = profiles
             .into_iter()
-            .map(ObservedProfile::from_lxd)
+            .map(|p| ObservedProfile::from_lxd(p, &owner))
             .collect();
         self.listed = true;
+    }
+
+    /// One instance read from LXD (an event's GET).
+    pub fn put_instance(&mut self, i: &Instance) {
+        match Claim::of(&i.config) {
+            Some(c) => self.claims.insert(i.name.clone(), c),
+            None => self.claims.remove(&i.name),
+        };
+        self.set_instance_profiles(&i.name, &i.profiles);
+    }
+
+    /// The claim recorded on an instance.
+    pub fn claim(&self, instance: &str) -> Option<&Claim> {
+        self.claims.get(instance)
+    }
+
+    /// Our PATCH recorded `claim` on the instance.
+    pub fn set_claim(&mut self, instance: &str, claim: Claim) {
+        self.claims.insert(instance.to_string(), claim);
     }
 
     /// A write that LXD will announce with one lifecycle event is about to be sent.
@@ -149,6 +279,7 @@ impl Observed {
     }
 
     pub fn remove_instance(&mut self, instance: &str) {
+        self.claims.remove(instance);
         if let Some(old) = self.instances.remove(instance) {
             for p in old {
                 if let Some(op) = self.profiles.get_mut(&p) {
@@ -158,8 +289,9 @@ impl Observed {
         }
     }
 
-    /// A profile was created or its content replaced (content without the owner key).
-    pub fn set_profile(&mut self, name: &str, content: ProfileContent, owned: bool) {
+    /// A profile was created or its content replaced (content without the record).
+    pub fn set_profile(&mut self, name: &str, content: ProfileContent, stamp: Stamp) {
+        let owned = stamp.owner.as_deref() == Some(self.owner.as_str());
         let used_by = self
             .instances
             .iter()
@@ -170,6 +302,7 @@ impl Observed {
             name.to_string(),
             ObservedProfile {
                 content,
+                stamp,
                 owned,
                 used_by,
             },
@@ -178,7 +311,7 @@ impl Observed {
 
     /// A profile read from LXD (an event or a GET).
     pub fn put_lxd_profile(&mut self, p: Profile) {
-        let (name, op) = ObservedProfile::from_lxd(p);
+        let (name, op) = ObservedProfile::from_lxd(p, &self.owner);
         self.profiles.insert(name, op);
     }
 
@@ -233,6 +366,7 @@ mod tests {
             name: "i".into(),
             profiles: vec!["default".into(), "a".into()],
             status: String::new(),
+            config: Default::default(),
         };
         o.replace(
             vec![i],
@@ -243,10 +377,79 @@ mod tests {
         );
         o.set_instance_profiles("i", &["default".into()]);
         assert!(o.profile("a").unwrap().used_by.is_empty());
-        o.set_profile("b", ProfileContent::default(), true);
+        let ours = Stamp {
+            owner: Some(OWNER_VALUE.into()),
+            ..Stamp::default()
+        };
+        o.set_profile("b", ProfileContent::default(), ours);
+        assert!(o.profile("b").unwrap().owned);
         o.set_instance_profiles("i", &["default".into(), "b".into()]);
         assert_eq!(o.profile("b").unwrap().used_by.len(), 1);
         o.remove_instance("i");
         assert!(o.profile("b").unwrap().used_by.is_empty());
+    }
+
+    #[test]
+    fn ownership_is_the_recorded_owner_and_the_record_is_not_content() {
+        let mut o = Observed::with_owner("blue");
+        let mut theirs = profile("p", false, &[]);
+        theirs
+            .content
+            .config
+            .insert(OWNER_KEY.into(), "green".into());
+        let mut mine = profile("q", false, &[]);
+        mine.content.config.insert(OWNER_KEY.into(), "blue".into());
+        mine.content.config.insert(NAMESPACE_KEY.into(), "m".into());
+        mine.content
+            .config
+            .insert(APPLICATION_KEY.into(), "a".into());
+        mine.content.config.insert(REVISION_KEY.into(), "7".into());
+        o.replace(vec![], vec![theirs, mine]);
+        assert!(!o.profile("p").unwrap().owned);
+        let q = o.profile("q").unwrap();
+        assert!(q.owned);
+        assert_eq!(
+            q.stamp,
+            Stamp {
+                owner: Some("blue".into()),
+                namespace: Some("m".into()),
+                application: Some("a".into()),
+                revision: Some(7),
+            }
+        );
+        assert!(
+            q.content
+                .config
+                .keys()
+                .all(|k| !k.starts_with(RESERVED_PREFIX))
+        );
+        // Written back with the same record.
+        assert_eq!(
+            q.stamp.on(&q.content).config.len(),
+            q.content.config.len() + 4
+        );
+    }
+
+    #[test]
+    fn an_instance_claim_is_read_from_its_config_and_forgotten_with_it() {
+        let mut o = Observed::default();
+        let mut i = Instance {
+            name: "i".into(),
+            profiles: vec!["default".into()],
+            status: String::new(),
+            config: Default::default(),
+        };
+        i.config.insert(OWNER_KEY.into(), "green".into());
+        i.config.insert(RESOURCE_KEY.into(), "Machine/m/0".into());
+        o.replace(vec![i], vec![]);
+        assert_eq!(
+            o.claim("i"),
+            Some(&Claim {
+                owner: "green".into(),
+                resource: "Machine/m/0".into()
+            })
+        );
+        o.remove_instance("i");
+        assert_eq!(o.claim("i"), None);
     }
 }

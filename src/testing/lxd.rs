@@ -502,6 +502,7 @@ fn instance_view(name: &str, inst: &MemInstance) -> Instance {
         name: name.to_string(),
         profiles: inst.profiles.clone(),
         status: "Running".into(),
+        config: inst.config.clone(),
     }
 }
 
@@ -563,6 +564,7 @@ impl LxdApi for MemLxd {
         &self,
         instance: &str,
         profiles: &[String],
+        config: &BTreeMap<String, String>,
         if_match: Option<&str>,
     ) -> Result<(), LxdError> {
         let path = format!("/1.0/instances/{instance}");
@@ -587,6 +589,9 @@ impl LxdApi for MemLxd {
                 .get_mut(instance)
                 .ok_or_else(instance_not_found)?;
             inst.profiles = profiles.to_vec();
+            // PATCH merges config, as LXD 5.0 does.
+            inst.config
+                .extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
             inst.etag = etag;
             s.emit(LifecycleAction::InstanceUpdated, instance);
             Ok(())
@@ -817,9 +822,14 @@ mod tests {
         assert_eq!(inst.profiles, names(&["default", "p"]));
         let e1 = e1.unwrap();
         // The same list again is still a write, and a new ETag.
-        lxd.set_instance_profiles("i-0", &names(&["default", "p"]), Some(&e1))
-            .await
-            .unwrap();
+        lxd.set_instance_profiles(
+            "i-0",
+            &names(&["default", "p"]),
+            &Default::default(),
+            Some(&e1),
+        )
+        .await
+        .unwrap();
         let (_, e2) = lxd.get_instance("i-0").await.unwrap();
         assert_ne!(Some(e1), e2);
 
@@ -842,7 +852,7 @@ mod tests {
         let e = lxd.get_profile("nope").await.unwrap_err();
         assert_eq!(e.to_string(), "Profile not found");
         let e = lxd
-            .set_instance_profiles("nope", &names(&["p"]), None)
+            .set_instance_profiles("nope", &names(&["p"]), &Default::default(), None)
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "Instance not found");
@@ -865,7 +875,12 @@ mod tests {
         // An operator edits the instance between our read and our write.
         lxd.set_instance_config_by_hand("i-0", "limits.cpu", Some("2"));
         let e = lxd
-            .set_instance_profiles("i-0", &names(&["default"]), etag.as_deref())
+            .set_instance_profiles(
+                "i-0",
+                &names(&["default"]),
+                &Default::default(),
+                etag.as_deref(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, LxdError::Conflict { .. }), "{e:?}");
@@ -907,7 +922,12 @@ mod tests {
         let lxd = seeded();
         let (_, etag) = lxd.get_instance("i-0").await.unwrap();
         let e = lxd
-            .set_instance_profiles("i-0", &names(&["default", "ghost"]), etag.as_deref())
+            .set_instance_profiles(
+                "i-0",
+                &names(&["default", "ghost"]),
+                &Default::default(),
+                etag.as_deref(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.category(), ErrorCategory::NotFound);
@@ -921,7 +941,7 @@ mod tests {
         assert_eq!(etag, again);
 
         let e = lxd
-            .set_instance_profiles("i-0", &names(&["p", "p"]), None)
+            .set_instance_profiles("i-0", &names(&["p", "p"]), &Default::default(), None)
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "Duplicate profile found in request");
@@ -993,7 +1013,7 @@ mod tests {
         lxd.create_profile("p", &ProfileContent::default())
             .await
             .unwrap();
-        lxd.set_instance_profiles("i-0", &names(&["default", "p"]), None)
+        lxd.set_instance_profiles("i-0", &names(&["default", "p"]), &Default::default(), None)
             .await
             .unwrap();
         lxd.set_profiles_by_hand("i-0", &["default"]);
@@ -1070,7 +1090,7 @@ mod tests {
         lxd.get_instance("i-0").await.unwrap();
         lxd.get_profile("p").await.unwrap();
         lxd.server().await.unwrap();
-        lxd.set_instance_profiles("i-0", &names(&["default"]), None)
+        lxd.set_instance_profiles("i-0", &names(&["default"]), &Default::default(), None)
             .await
             .unwrap();
         lxd.create_profile("q", &ProfileContent::default())
@@ -1174,7 +1194,7 @@ mod tests {
         let start = Instant::now();
         lxd.list_instances().await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
-        lxd.set_instance_profiles("i-0", &names(&["default"]), None)
+        lxd.set_instance_profiles("i-0", &names(&["default"]), &Default::default(), None)
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(3));
@@ -1183,7 +1203,7 @@ mod tests {
         // A caller that gives up during the delay changed nothing.
         let give_up = tokio::time::timeout(
             Duration::from_secs(1),
-            lxd.set_instance_profiles("i-0", &names(&["p"]), None),
+            lxd.set_instance_profiles("i-0", &names(&["p"]), &Default::default(), None),
         )
         .await;
         assert!(give_up.is_err());
@@ -1192,7 +1212,7 @@ mod tests {
 
         lxd.heal();
         let start = Instant::now();
-        lxd.set_instance_profiles("i-0", &names(&["p"]), None)
+        lxd.set_instance_profiles("i-0", &names(&["p"]), &Default::default(), None)
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
