@@ -166,6 +166,14 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let (lxd, names) = super::connect(&args.lxd, &telemetry)?;
     let lxd = lxd.with_fence(fence.clone());
+    // A write (request, then the operation it may start) must end within the lease: a
+    // leader deposed while it waits must not land a write after its successor's.
+    let lxd = if args.leader_elect {
+        let deadline = (args.lease_duration / 4).min(crate::lxd::DEFAULT_TIMEOUT);
+        lxd.with_timeout(deadline)
+    } else {
+        lxd
+    };
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster, or $KUBECONFIG)")?;

@@ -126,12 +126,26 @@ pub async fn apply<L: LxdApi>(
                 {
                     continue; // rewritten meanwhile by another reconcile
                 }
+                // Read it fresh (one GET, for a rewrite, which is rare and costs LXD far
+                // more): an operator's edit since the listing is seen, and the PUT carries
+                // its ETag, so an edit made after this read is never overwritten (412).
+                let (fresh, etag) = lxd.get_profile(name).await.map_err(fail)?;
+                store.observed_mut().put_lxd_profile(fresh);
+                match store.observed().profile(name) {
+                    Some(p) if p.owned && p.content != *content => {}
+                    // Not ours any more, or already what it should be: nothing to write;
+                    // the next plan sees the fresh state.
+                    _ => continue,
+                }
                 // LXD announces a profile update even when it fails part way: the echo
                 // stays expected either way.
                 store
                     .observed_mut()
                     .expect_echo(Object::Profile(name.clone()));
-                if let Err(e) = lxd.replace_profile(name, &stamp.on(content), None).await {
+                if let Err(e) = lxd
+                    .replace_profile(name, &stamp.on(content), etag.as_deref())
+                    .await
+                {
                     // An update can fail part way and still be saved ("profile change
                     // still saved"): read what LXD holds now rather than retry blindly;
                     // the queue's backoff decides when to look again.

@@ -384,3 +384,52 @@ async fn a_profile_is_ours_by_its_recorded_owner_not_by_its_name_or_the_key_alon
     p.worker.process(&WorkKey::Collect).await.unwrap();
     assert_eq!(writes(&lxd), ["DELETE /1.0/profiles/juju-m-mine-1"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_content_rewrite_reads_the_profile_fresh_and_a_race_backs_off() {
+    let lxd = MemLxd::new();
+    lxd.add_profile("juju-m", nesting(true));
+    let mut drifted = nesting(true);
+    drifted
+        .config
+        .insert("security.nesting".into(), "false".into());
+    lxd.add_profile("juju-m-one-3", drifted);
+    lxd.add_instance("i0", &["default", "juju-m", "juju-m-one-3"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    p.load(resources(&(app("one", 3) + &machine("0", "i0", &["one"]))));
+    p.relist().await.unwrap();
+    lxd.clear_requests();
+    // Someone else writes between our read and our PUT: LXD answers 412.
+    lxd.fail_next("PUT", 1, || LxdError::Conflict {
+        message: "ETag doesn't match".into(),
+    });
+    p.enqueue_all();
+    let workers = tokio::spawn(p.worker.clone().run(false));
+    let k = WorkKey::Resource(key("0"));
+    while p.queue.failures(&k) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        lxd.requests()
+            .iter()
+            .take(2)
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>(),
+        [
+            "GET /1.0/profiles/juju-m-one-3",
+            "PUT /1.0/profiles/juju-m-one-3"
+        ]
+    );
+    // Retried after the backoff, not at once: then rewritten.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.queue.shutdown();
+    workers.await.unwrap();
+    assert_eq!(
+        lxd.profile("juju-m-one-3").unwrap().config["security.nesting"],
+        "true"
+    );
+    assert_eq!(
+        lxd.requests().iter().filter(|r| r.method == "PUT").count(),
+        2
+    );
+}

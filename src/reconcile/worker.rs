@@ -179,7 +179,11 @@ impl<L: LxdApi> Worker<L> {
         }
         match result {
             Ok(_) => self.queue.forget(key),
-            Err(ReconcileError::Lxd(LxdError::Conflict { .. })) => self.queue.add(key.clone()),
+            // A race (412): `--once` looks again at once; a running controller backs off
+            // like any other failure, so that a fight with another writer cannot spin.
+            Err(ReconcileError::Lxd(LxdError::Conflict { .. })) if once => {
+                self.queue.add(key.clone())
+            }
             Err(e) if !once => {
                 debug!(key = ?key, error = %e, "requeued with backoff");
                 self.queue.add_rate_limited(key.clone());
@@ -380,9 +384,9 @@ impl<L: LxdApi> Worker<L> {
     }
 
     /// The clean-up to run now: nothing before both the desired state and a full listing
-    /// are loaded, nothing in `--dry-run`.
+    /// are loaded, nothing while the source's view is partial.
     pub fn cleanup(&self) -> Cleanup {
-        if !self.store.is_loaded() {
+        if !self.store.is_whole() {
             return Cleanup::default();
         }
         let expected = self

@@ -69,7 +69,7 @@ pub struct ParsedFile {
 }
 
 impl ParsedFile {
-    fn error(file: &str, message: String) -> ParsedFile {
+    pub fn error(file: &str, message: String) -> ParsedFile {
         ParsedFile {
             errors: vec![Problem {
                 file: file.to_string(),
@@ -85,24 +85,39 @@ impl ParsedFile {
 /// Reads and parses one file. I/O errors and oversized files are problems too.
 pub fn parse_file(path: &Path) -> ParsedFile {
     let name = path.display().to_string();
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return ParsedFile::error(&name, format!("cannot read: {e}")),
-    };
+    match read_capped(path) {
+        Ok(bytes) => parse_bytes(&name, bytes),
+        Err(e) => ParsedFile::error(&name, e.to_string()),
+    }
+}
+
+/// Why a file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("file is larger than {MAX_FILE_BYTES} bytes: not parsed")]
+    TooLarge,
+}
+
+/// A file's bytes, refused past the size cap before more than the cap is read (an 8 GB
+/// sparse file costs 1 MiB).
+pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
+    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     // Read one byte past the cap so that "too large" needs no separate stat.
-    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
-        return ParsedFile::error(&name, format!("cannot read: {e}"));
-    }
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return ParsedFile::error(
-            &name,
-            format!("file is larger than {MAX_FILE_BYTES} bytes: not parsed"),
-        );
+        return Err(ReadError::TooLarge);
     }
+    Ok(bytes)
+}
+
+/// Parses the bytes of a file named `file` (text that is not UTF-8 is a problem).
+pub fn parse_bytes(file: &str, bytes: Vec<u8>) -> ParsedFile {
     match String::from_utf8(bytes) {
-        Ok(text) => parse_str(&name, &text),
-        Err(e) => ParsedFile::error(&name, format!("not UTF-8 text: {e}")),
+        Ok(text) => parse_str(file, &text),
+        Err(e) => ParsedFile::error(file, format!("not UTF-8 text: {e}")),
     }
 }
 

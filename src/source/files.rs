@@ -10,14 +10,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::resource::{Problem, Resource, ResourceKey, parse_file};
+use crate::resource::parse::{ReadError, parse_bytes, read_capped};
+use crate::resource::{Problem, Resource, ResourceKey};
 
 use super::SourceEvent;
 use super::scan::resource_files;
 
 #[derive(Debug, Default)]
 struct FileState {
-    text: String,
+    /// What was read last (or why it could not be), to parse only what changed.
+    bytes: Option<Result<Vec<u8>, String>>,
     /// The last good resources of the file.
     resources: Vec<Resource>,
     /// The problems of the current text, if it does not parse.
@@ -31,6 +33,8 @@ pub struct FileSnapshot {
     emitted: HashMap<ResourceKey, Resource>,
     invalid: Option<usize>,
     loaded: bool,
+    /// Why the last scan could not see the whole directory (its view is partial).
+    unreadable: Option<String>,
 }
 
 impl FileSnapshot {
@@ -39,6 +43,7 @@ impl FileSnapshot {
     /// the first scan.
     pub fn scan(&mut self, root: &Path) -> Vec<SourceEvent> {
         let mut events = Vec::new();
+        let was = self.unreadable.clone();
         if self.rescan(root) {
             let now: HashMap<ResourceKey, Resource> =
                 self.resources().into_iter().map(|r| (r.key(), r)).collect();
@@ -59,6 +64,9 @@ impl FileSnapshot {
             events.extend(gone.into_iter().map(SourceEvent::Remove));
             self.emitted = now;
         }
+        if self.unreadable != was {
+            events.push(SourceEvent::Unreadable(self.unreadable.clone()));
+        }
         let invalid = self.broken_files();
         if self.invalid != Some(invalid) {
             self.invalid = Some(invalid);
@@ -71,43 +79,80 @@ impl FileSnapshot {
     }
 
     /// Reads the directory again; returns whether any resource may have changed. Files
-    /// whose text did not change are not parsed again.
+    /// whose bytes did not change are not parsed again; each file is read once, and never
+    /// past the size cap.
+    ///
+    /// A directory that cannot be read (the root gone or unreadable, a subdirectory that
+    /// fails) makes the view partial: no file is forgotten, nothing is removed, and
+    /// `unreadable` says why until a whole scan succeeds.
     pub fn rescan(&mut self, root: &Path) -> bool {
-        let (paths, dir_errors) = resource_files(root);
-        for (dir, e) in dir_errors {
-            warn!(path = %dir.display(), error = %e, "cannot read directory");
+        let (paths, dir_errors) = if root.is_dir() {
+            resource_files(root)
+        } else {
+            let why =
+                std::io::Error::new(std::io::ErrorKind::NotFound, "missing, or not a directory");
+            (Vec::new(), vec![(root.to_path_buf(), why)])
+        };
+        let partial = dir_errors
+            .first()
+            .map(|(dir, e)| format!("cannot read {}: {e}", dir.display()));
+        if partial != self.unreadable {
+            match &partial {
+                Some(why) => warn!("{why} (the last good resources are kept; nothing is removed)"),
+                None => info!(root = %root.display(), "resources directory readable again"),
+            }
         }
-        let present: HashSet<&PathBuf> = paths.iter().collect();
-        let before = self.files.len();
-        self.files.retain(|p, _| present.contains(p));
-        let mut changed = self.files.len() != before;
+        self.unreadable = partial;
+        let mut changed = false;
+        if self.unreadable.is_none() {
+            let present: HashSet<&PathBuf> = paths.iter().collect();
+            let before = self.files.len();
+            self.files.retain(|p, _| present.contains(p));
+            changed = self.files.len() != before;
+        }
         for path in &paths {
-            let Ok(text) = std::fs::read_to_string(path) else {
-                // Being replaced or unreadable: keep what we had.
-                continue;
+            let read = match read_capped(path) {
+                Ok(bytes) => Ok(bytes),
+                // Renamed away between the listing and the read: the next scan settles it.
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => Err(e.to_string()),
             };
             let state = self.files.entry(path.clone()).or_default();
-            if state.text == text && !state.text.is_empty() {
+            if state.bytes.as_ref() == Some(&read) {
                 continue;
             }
-            state.text = text;
-            let parsed = parse_file(path);
+            state.bytes = Some(read.clone());
+            let name = path.display().to_string();
+            let parsed = match read {
+                Ok(bytes) => parse_bytes(&name, bytes),
+                Err(e) => crate::resource::ParsedFile::error(&name, e),
+            };
             for w in &parsed.warnings {
                 warn!("{w}");
             }
+            let loaded: Vec<Resource> = parsed.resources.into_iter().map(|l| l.resource).collect();
             if parsed.errors.is_empty() {
                 if !state.problems.is_empty() {
                     info!(file = %path.display(), "file parses again");
                 }
                 state.problems.clear();
-                state.resources = parsed.resources.into_iter().map(|l| l.resource).collect();
-                changed = true;
+                state.resources = loaded;
             } else {
                 for p in &parsed.errors {
-                    warn!("{p} (the file's last good resources are kept)");
+                    warn!(
+                        "{p} (the resources of this file that do not load keep their last good version)"
+                    );
                 }
+                // Each document stands alone: the ones that load are taken; nothing the
+                // file held before is forgotten while part of it does not load.
+                let keys: HashSet<ResourceKey> = loaded.iter().map(Resource::key).collect();
+                let kept = std::mem::take(&mut state.resources)
+                    .into_iter()
+                    .filter(|r| !keys.contains(&r.key()));
+                state.resources = loaded.into_iter().chain(kept).collect();
                 state.problems = parsed.errors;
             }
+            changed = true;
         }
         changed
     }
@@ -211,5 +256,66 @@ mod tests {
         assert_eq!(names(&s.scan(d.path())), ["invalid 1"]);
         write("m.yaml", &machine("0", "i9", &["one"]));
         assert_eq!(names(&s.scan(d.path())), ["invalid 0"]);
+    }
+
+    #[test]
+    fn a_directory_that_goes_away_is_a_partial_view_and_nothing_is_forgotten() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("resources");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("m.yaml"), machine("0", "i0", &[])).unwrap();
+        let mut s = FileSnapshot::default();
+        assert_eq!(s.scan(&root).len(), 3);
+        std::fs::rename(&root, top.path().join("away")).unwrap();
+        let events = s.scan(&root);
+        assert!(
+            matches!(events.as_slice(), [SourceEvent::Unreadable(Some(why))] if why.contains("resources")),
+            "{events:?}"
+        );
+        assert_eq!(s.resources().len(), 1, "nothing forgotten");
+        std::fs::rename(top.path().join("away"), &root).unwrap();
+        assert_eq!(s.scan(&root), [SourceEvent::Unreadable(None)]);
+        // An empty but readable directory is a real view.
+        std::fs::remove_file(root.join("m.yaml")).unwrap();
+        assert_eq!(names(&s.scan(&root)), ["remove Machine/m/0"]);
+    }
+
+    #[test]
+    fn each_document_stands_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let bad = "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {name: \"9\", namespace: m}\nspec: {instance: bad/name}\n---\n";
+        std::fs::write(
+            d.path().join("m.yaml"),
+            bad.to_string() + &machine("0", "i0", &[]),
+        )
+        .unwrap();
+        let mut s = FileSnapshot::default();
+        let events = names(&s.scan(d.path()));
+        assert_eq!(events, ["upsert Machine/m/0", "invalid 1", "loaded"]);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_and_a_huge_sparse_file_are_counted_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.yaml"), b"kind: \xff\xfe\n").unwrap();
+        let huge = std::fs::File::create(d.path().join("b.yaml")).unwrap();
+        huge.set_len(8 * 1024 * 1024 * 1024).unwrap();
+        std::fs::write(d.path().join("m.yaml"), machine("0", "i0", &[])).unwrap();
+        let mut s = FileSnapshot::default();
+        let events = names(&s.scan(d.path()));
+        assert_eq!(events, ["upsert Machine/m/0", "invalid 2", "loaded"]);
+        let problems: Vec<String> = s
+            .files
+            .values()
+            .flat_map(|f| f.problems.iter().map(|p| p.message.clone()))
+            .collect();
+        assert!(
+            problems.iter().any(|p| p.starts_with("not UTF-8 text")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("larger than")),
+            "{problems:?}"
+        );
     }
 }

@@ -32,6 +32,9 @@ pub enum SourceEvent {
     Valid(ResourceKey),
     /// How many files or objects do not load now.
     InvalidCount(usize),
+    /// The source cannot see its whole state now (why), or can again (`None`): until it
+    /// can, nothing is forgotten and no clean-up runs.
+    Unreadable(Option<String>),
     /// The object as the source's own store holds it (uid, version, status): for a
     /// status store that keeps statuses on the objects.
     Stored {

@@ -93,8 +93,17 @@ impl StatusStore for StatusFiles {
         }
         let text = serde_saphyr::to_string(object).map_err(std::io::Error::other)?;
         let tmp = path.with_extension("yaml.tmp");
-        std::fs::write(&tmp, text)?;
+        // Durable before it is visible: the data, then the rename, then the directory
+        // entry, so that a crash leaves the old status or the new one, never an empty file.
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, &path)?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
         lock(&self.written).insert(key.clone(), status.clone());
         Ok(true)
     }

@@ -14,6 +14,8 @@ pub struct Health(Arc<Inner>);
 struct Inner {
     draining: AtomicBool,
     invalid_sources: AtomicUsize,
+    /// Why the source cannot see its whole state now.
+    unreadable: std::sync::Mutex<Option<String>>,
     loaded: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
     longest_reconcile: std::sync::OnceLock<Box<dyn Fn() -> Duration + Send + Sync>>,
 }
@@ -57,8 +59,26 @@ impl Health {
         self.0.invalid_sources.store(n, Ordering::SeqCst);
     }
 
-    /// Resource files (or objects) that do not load now.
+    /// Resource files (or objects) that do not load now, and the source itself when it
+    /// cannot see its whole state.
     pub fn invalid_sources(&self) -> usize {
-        self.0.invalid_sources.load(Ordering::SeqCst)
+        self.0.invalid_sources.load(Ordering::SeqCst) + usize::from(self.unreadable().is_some())
+    }
+
+    pub fn set_unreadable(&self, why: Option<String>) {
+        *self
+            .0
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    /// Why the source cannot see its whole state now, if it cannot.
+    pub fn unreadable(&self) -> Option<String> {
+        self.0
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

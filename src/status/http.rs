@@ -77,6 +77,11 @@ async fn readyz<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoResponse
     if s.health.is_draining() {
         return not("shutting down");
     }
+    if let Some(why) = s.health.unreadable() {
+        return not(&format!(
+            "desired state partial, last good view kept: {why}"
+        ));
+    }
     if !s.health.is_loaded() {
         return not("desired state or the first LXD listing not loaded yet");
     }

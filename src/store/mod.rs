@@ -28,6 +28,9 @@ pub struct Store {
     observed: RwLock<Observed>,
     /// The source has delivered its whole state once.
     desired_loaded: AtomicBool,
+    /// The source cannot see its whole state now: its last good view is kept, and
+    /// nothing may be deleted on it.
+    desired_partial: AtomicBool,
 }
 
 /// The workload of one key and the applications it names, cloned out of the lock: what a
@@ -55,6 +58,7 @@ impl Store {
             desired: RwLock::default(),
             observed: RwLock::new(Observed::with_owner(owner)),
             desired_loaded: AtomicBool::new(false),
+            desired_partial: AtomicBool::new(false),
         })
     }
 
@@ -125,10 +129,20 @@ impl Store {
         self.desired_loaded.store(true, Ordering::SeqCst);
     }
 
-    /// Desired state and a full LXD listing are both loaded: the only state in which a
-    /// deletion may be planned and `/readyz` says ready.
+    /// Desired state and a full LXD listing are both loaded: the only state in which
+    /// `/readyz` says ready.
     pub fn is_loaded(&self) -> bool {
         self.desired_loaded.load(Ordering::SeqCst) && self.observed().is_listed()
+    }
+
+    pub fn set_desired_partial(&self, partial: bool) {
+        self.desired_partial.store(partial, Ordering::SeqCst);
+    }
+
+    /// Loaded, and the source sees its whole state now: the only state in which a
+    /// deletion may be planned.
+    pub fn is_whole(&self) -> bool {
+        self.is_loaded() && !self.desired_partial.load(Ordering::SeqCst)
     }
 
     /// Every Machine and Container key.
