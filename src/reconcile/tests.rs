@@ -433,3 +433,36 @@ async fn a_content_rewrite_reads_the_profile_fresh_and_a_race_backs_off() {
         2
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_full_state_directory_stops_no_reconcile_and_statuses_are_written_once_it_frees() {
+    use std::sync::atomic::Ordering;
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    lxd.add_instance("i1", &["default"]);
+    let (p, status) = pipeline(&lxd, |_| {});
+    p.load(resources(
+        &(app("one", 3) + &machine("0", "i0", &["one"]) + &machine("1", "i1", &["one"])),
+    ));
+    p.relist().await.unwrap();
+    status.full.store(true, Ordering::SeqCst);
+    p.worker
+        .process(&WorkKey::Resource(key("0")))
+        .await
+        .unwrap();
+    // LXD was reconciled all the same; the status waits.
+    assert_eq!(
+        lxd.instance_profiles("i0").unwrap(),
+        ["default", "juju-m", "juju-m-one-3"]
+    );
+    assert_eq!(p.report.last(&key("0")), None);
+    assert_eq!(p.report.unwritten(), 1);
+    status.full.store(false, Ordering::SeqCst);
+    p.worker
+        .process(&WorkKey::Resource(key("1")))
+        .await
+        .unwrap();
+    assert_eq!(p.report.unwritten(), 0);
+    assert_eq!(p.report.last(&key("0")).unwrap().phase, Phase::Applied);
+    assert_eq!(p.report.last(&key("1")).unwrap().phase, Phase::Applied);
+}

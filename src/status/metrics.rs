@@ -72,10 +72,12 @@ pub enum ErrorKind {
     invalid,
     /// A reconcile ran past --reconcile-timeout.
     reconcile_timeout,
+    /// A status could not be persisted (a full or read-only state directory).
+    status_write,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::not_found,
         ErrorKind::conflict,
         ErrorKind::in_use,
@@ -89,6 +91,7 @@ impl ErrorKind {
         ErrorKind::missing_instance,
         ErrorKind::invalid,
         ErrorKind::reconcile_timeout,
+        ErrorKind::status_write,
     ];
 }
 

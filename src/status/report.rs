@@ -5,21 +5,26 @@
 //! It remembers which resources count as drifted (a drift being corrected is still one);
 //! nothing reads that back from the metrics.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::resource::{Kind, Phase, ResourceKey, Status, Workload};
 
 use super::decide::{Outcome, decide, spec_hash};
-use super::metrics::{DriftKind, Metrics};
+use super::metrics::{DriftKind, ErrorKind, Metrics};
 use super::{StatusStore, now};
 
 pub struct Reporter {
     store: Arc<dyn StatusStore>,
     metrics: Arc<Metrics>,
     drifted: Mutex<HashSet<ResourceKey>>,
+    /// Statuses the store refused (a full disk), written again at the next write that
+    /// succeeds; and whether the store is failing now (logged once per episode).
+    unwritten: Mutex<HashMap<ResourceKey, (serde_json::Value, Status)>>,
+    failing: AtomicBool,
 }
 
 impl Reporter {
@@ -28,6 +33,8 @@ impl Reporter {
             store,
             metrics,
             drifted: Mutex::new(HashSet::new()),
+            unwritten: Mutex::new(HashMap::new()),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -121,12 +128,58 @@ impl Reporter {
         self.store.remove(key);
         self.metrics.forget(key);
         self.set_drifted(key, false);
+        self.lock_unwritten().remove(key);
     }
 
+    /// Hands a status to the store. A refusal is counted each time, logged once while the
+    /// store keeps failing, and the status is kept to be written again after the next
+    /// write that succeeds (LXD keeps being reconciled meanwhile).
     fn persist(&self, key: &ResourceKey, object: &serde_json::Value, status: &Status) {
-        if let Err(e) = self.store.write(key, object, status) {
-            warn!(resource = %key, error = %e, "cannot write status");
+        match self.store.write(key, object, status) {
+            Ok(_) => {
+                self.lock_unwritten().remove(key);
+                if self.failing.swap(false, Ordering::SeqCst) {
+                    info!("statuses can be written again");
+                }
+                self.flush_unwritten();
+            }
+            Err(e) => {
+                self.metrics.error(key.kind, ErrorKind::status_write);
+                if !self.failing.swap(true, Ordering::SeqCst) {
+                    warn!(resource = %key, error = %e, "cannot write status (kept, and written again once the store accepts writes)");
+                }
+                self.lock_unwritten()
+                    .insert(key.clone(), (object.clone(), status.clone()));
+            }
         }
+    }
+
+    fn lock_unwritten(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ResourceKey, (serde_json::Value, Status)>> {
+        self.unwritten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes what was refused earlier; stops at the first refusal.
+    fn flush_unwritten(&self) {
+        let pending: Vec<(ResourceKey, (serde_json::Value, Status))> =
+            self.lock_unwritten().drain().collect();
+        let mut rest = pending.into_iter();
+        for (key, (object, status)) in rest.by_ref() {
+            if self.store.write(&key, &object, &status).is_err() {
+                self.failing.store(true, Ordering::SeqCst);
+                self.lock_unwritten().insert(key, (object, status));
+                break;
+            }
+        }
+        self.lock_unwritten().extend(rest);
+    }
+
+    /// Statuses refused by the store and not written yet.
+    pub fn unwritten(&self) -> usize {
+        self.lock_unwritten().len()
     }
 
     /// Drift counters: a list drift when it is found and when the write that corrects

@@ -196,8 +196,9 @@ impl Desired {
         out.into_iter().collect()
     }
 
-    /// Every charm profile some Machine or Container expects: one per application in
-    /// use (the index knows which), not one look per resource.
+    /// Every profile some Machine or Container expects beyond the base ones: the charm
+    /// profile of each application in use (the index knows which, not one look per
+    /// resource), and every `extraProfiles` entry (an operator may list an owned one).
     pub fn expected_charm_profiles(
         &self,
         names: &ProfileNames,
@@ -209,6 +210,7 @@ impl Desired {
                 a.spec.lxd_profile.as_ref().filter(|p| !p.is_empty())?;
                 Some(names.charm_profile(ns, app, a.spec.revision))
             })
+            .chain(self.by_extra_profile.keys().cloned())
             .collect()
     }
 

@@ -21,6 +21,8 @@ use crate::store::{OWNER_KEY, OWNER_VALUE};
 pub struct MemStatus {
     statuses: Mutex<HashMap<ResourceKey, Status>>,
     pub written: std::sync::atomic::AtomicUsize,
+    /// Refuse every write, as a full disk does.
+    pub full: std::sync::atomic::AtomicBool,
 }
 
 impl StatusStore for MemStatus {
@@ -37,6 +39,9 @@ impl StatusStore for MemStatus {
         _object: &serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("No space left on device"));
+        }
         let mut s = self.statuses.lock().unwrap_or_else(PoisonError::into_inner);
         if s.get(key) == Some(status) {
             return Ok(false);
