@@ -464,6 +464,125 @@ async fn a_profile_without_the_owner_key_is_never_rewritten_or_deleted() {
     let s = h.status(Kind::Machine, "0");
     assert_eq!(s.phase, Phase::Error);
     assert!(s.message.contains("juju-m-one-3"), "{}", s.message);
+    // Not attached either: the instance keeps its list; the only write is the model
+    // profile it lacked.
+    assert_eq!(h.profiles("i0"), strings(&["default"]));
+    assert_eq!(h.writes(), 1);
+}
+
+/// Reproduction: a hand-made `juju-m-one-9` (no owner key) mounting the host's `/`, then
+/// revision 9 in the resources. It used to be attached to every machine.
+#[tokio::test]
+async fn a_hand_made_profile_mounting_the_host_is_never_attached() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.lxd.empty_instance("i1");
+    let two = |rev| {
+        app("one", rev, NESTING)
+            + &machine("0", Some("i0"), &["one"], "")
+            + &machine("1", Some("i1"), &["one"], "")
+    };
+    h.write("r.yaml", &two(3));
+    h.pass().await;
+    let converged = strings(&["default", "juju-m", "juju-m-one-3"]);
+    assert_eq!(h.profiles("i0"), converged);
+    h.lxd.lxc(&["profile", "create", "juju-m-one-9"]);
+    h.lxd.lxc(&[
+        "profile",
+        "device",
+        "add",
+        "juju-m-one-9",
+        "host",
+        "disk",
+        "source=/",
+        "path=/mnt/host",
+    ]);
+    let before = h.writes();
+    h.write("r.yaml", &two(9));
+    h.pass().await;
+    assert_eq!(h.writes(), before, "no write at all");
+    for (name, instance) in [("0", "i0"), ("1", "i1")] {
+        assert_eq!(h.profiles(instance), converged, "{instance} keeps its list");
+        let s = h.status(Kind::Machine, name);
+        assert_eq!(s.phase, Phase::Error);
+        assert!(s.message.contains("juju-m-one-9"), "{}", s.message);
+        assert!(s.message.contains("not attached"), "{}", s.message);
+    }
+    // diff reports it (exit 2) and changes nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+        .args(["diff", "--resources", h.resources.path().to_str().unwrap()])
+        .args(["--lxd-project", h.lxd.name()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("! profile juju-m-one-9 is not this controller's"),
+        "{stdout}"
+    );
+}
+
+/// Machines in two namespaces naming one instance: both Error, naming each other, and
+/// the instance is not written (it used to end with whichever came last).
+#[tokio::test]
+async fn two_resources_naming_one_instance_write_nothing_to_it() {
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    let other =
+        machine("0", Some("i0"), &["one"], "").replace("namespace: m}", "namespace: other}");
+    let other_app = app("one", 3, NESTING).replace("namespace: m}", "namespace: other}");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "") + &other_app + &other),
+    );
+    h.pass().await;
+    assert_eq!(h.profiles("i0"), strings(&["default"]));
+    assert_eq!(h.writes(), 0);
+    let s = h.status(Kind::Machine, "0");
+    assert_eq!(s.phase, Phase::Error);
+    assert!(s.message.contains("Machine/other/0"), "{}", s.message);
+    let theirs = StatusFiles::open(h.state.path())
+        .unwrap()
+        .get(&ResourceKey::new(Kind::Machine, "other", "0"))
+        .expect("a status for other/0");
+    assert!(theirs.message.contains("Machine/m/0"), "{}", theirs.message);
+}
+
+/// A project without profiles of its own (features.profiles=false) shares the default
+/// project's: refused with the reason, nothing written, unless allowed.
+#[test]
+fn a_project_sharing_the_default_projects_profiles_is_refused() {
+    let name = format!("t-shared-{}", std::process::id());
+    support::lxc_global(&["project", "create", &name, "-c", "features.profiles=false"]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = support::try_lxc_global(&["project", "delete", &self.0]);
+        }
+    }
+    let _gone = Gone(name.clone());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), app("one", 3, NESTING)).unwrap();
+    let before = support::lxc_global(&["profile", "list", "--project", "default", "-f", "csv"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+        .args(["run", "--once", "--resources", dir.path().to_str().unwrap()])
+        .args([
+            "--lxd-project",
+            &name,
+            "--state-dir",
+            dir.path().join("s").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("features.profiles=false"), "{err}");
+    assert!(err.contains("--allow-shared-profiles"), "{err}");
+    let after = support::lxc_global(&["profile", "list", "--project", "default", "-f", "csv"]);
+    assert_eq!(
+        before, after,
+        "nothing written to the default project's profiles"
+    );
 }
 
 #[tokio::test]

@@ -127,3 +127,109 @@ fn sigkill_in_the_middle_of_converging_fifty_machines_then_restart_converges_eve
         || lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_err(),
     );
 }
+
+/// The LXD writes a daemon has made so far (every method but GET, every answer).
+fn lxd_writes(d: &Daemon) -> f64 {
+    let text = d.metrics();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("lxd_mutater_lxd_requests_total{") && !l.contains("method=\"GET\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Reproduction: the resources directory moved away under a running controller used to
+/// empty its view: every status file deleted, every resource forgotten, and the clean-up
+/// run on nothing. A directory that cannot be read is a partial view: the last good one
+/// stays, /readyz says why, nothing is written, and all is as before once it is back.
+#[test]
+fn a_resources_directory_moved_away_forgets_nothing_and_writes_nothing() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    lxd.empty_instance("i1");
+    let top = tempfile::tempdir().unwrap();
+    let res = top.path().join("resources");
+    std::fs::create_dir(&res).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(res.join("r.yaml"), app(1) + &machine(0) + &machine(1)).unwrap();
+    let d = start(&lxd, &res, state.path());
+    wait_until("ready and converged", Duration::from_secs(30), || {
+        d.get("/readyz").0 == 200
+            && lxd.instance_profiles("i1") == ["default", "juju-m", "juju-m-one-1"]
+    });
+    let statuses = state.path().join("m/machines");
+    wait_until("both statuses", Duration::from_secs(10), || {
+        std::fs::read_dir(&statuses).map(|d| d.count()).unwrap_or(0) == 2
+    });
+    let writes = lxd_writes(&d);
+    std::fs::rename(&res, top.path().join("elsewhere")).unwrap();
+    wait_until(
+        "/readyz to say the view is partial",
+        Duration::from_secs(10),
+        || {
+            let (code, body) = d.get("/readyz");
+            code == 503 && body.contains("partial")
+        },
+    );
+    assert_eq!(d.metric("lxd_mutater_source_errors"), 1.0);
+    // The periodic rescan and a resync see the same partial view: nothing changes.
+    assert_eq!(std::fs::read_dir(&statuses).unwrap().count(), 2);
+    assert!(lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_ok());
+    assert_eq!(lxd_writes(&d), writes);
+    std::fs::rename(top.path().join("elsewhere"), &res).unwrap();
+    wait_until("ready again", Duration::from_secs(40), || {
+        d.get("/readyz").0 == 200
+    });
+    assert_eq!(d.metric("lxd_mutater_source_errors"), 0.0);
+    assert_eq!(std::fs::read_dir(&statuses).unwrap().count(), 2);
+    assert_eq!(lxd_writes(&d), writes);
+}
+
+/// Two controllers, each with its own --owner and resources, on one LXD project: after
+/// converging, neither writes (no fight), and neither deletes a profile the other uses.
+#[test]
+fn two_controllers_with_their_own_owner_share_a_project_without_fighting() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    lxd.empty_instance("i1");
+    let (res_a, res_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(res_a.path().join("r.yaml"), app(1) + &machine(0)).unwrap();
+    std::fs::write(res_b.path().join("r.yaml"), app(1) + &machine(1)).unwrap();
+    let a = Daemon::start(&lxd, res_a.path(), state_a.path(), &["--owner", "blue"]);
+    let b = Daemon::start(&lxd, res_b.path(), state_b.path(), &["--owner", "green"]);
+    let want = ["default", "juju-m", "juju-m-one-1"];
+    wait_until("both converged", Duration::from_secs(30), || {
+        lxd.instance_profiles("i0") == want && lxd.instance_profiles("i1") == want
+    });
+    // Once converged, a window in which nothing may be written by either.
+    let before = (lxd_writes(&a), lxd_writes(&b));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((lxd_writes(&a), lxd_writes(&b)), before, "no fight");
+    // Each claims its own instance.
+    let owner_of = |i: &str| {
+        lxd.lxc(&["config", "get", i, "user.lxd-mutater.owner"])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        (owner_of("i0"), owner_of("i1")),
+        ("blue".into(), "green".into())
+    );
+    // Blue moves on to revision 2: the revision-1 profile, still used by green's
+    // instance, stays whoever made it.
+    std::fs::write(res_a.path().join("r.yaml"), app(2) + &machine(0)).unwrap();
+    wait_until("blue on revision 2", Duration::from_secs(30), || {
+        lxd.instance_profiles("i0") == ["default", "juju-m", "juju-m-one-2"]
+    });
+    let settled = (lxd_writes(&a), lxd_writes(&b));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (lxd_writes(&a), lxd_writes(&b)),
+        settled,
+        "no fight after the change"
+    );
+    assert_eq!(lxd.instance_profiles("i1"), want);
+    assert!(lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_ok());
+}
