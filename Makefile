@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run run-kubernetes test bench lxd test-deps k8s-tools build check-tools install
+.PHONY: run run-kubernetes test bench soak lxd test-deps k8s-tools build check-tools install
 
 ## Bring up a local LXD (installs Debian's lxd as root when none answers).
 lxd:
@@ -27,6 +27,12 @@ test: lxd test-deps k8s-tools check-tools
 bench: lxd check-tools
 	$(CARGO) build --release
 	python3 bench/bench.py $(ARGS)
+
+## Soak (not part of make test): 30 minutes of random edits, manual drifts and LXD
+## restarts on 200 instances, on a private LXD daemon; make soak ARGS="--minutes 5".
+soak: lxd check-tools
+	$(CARGO) build --release
+	python3 bench/soak.py $(ARGS)
 
 build:
 	$(CARGO) build
