@@ -177,17 +177,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster, or $KUBECONFIG)")?;
-    // kube retries 429/503/504 for minutes by default, out of sight. The source and the
-    // status writer have their own backoff (the writer's yields to newer statuses), and
-    // the lease must fail fast (below).
-    let mut direct = config.clone();
-    direct.default_retry = false;
-    let kube_client = kube::Client::try_from(direct.clone()).context("Kubernetes client")?;
-    // A status patch that hangs would hold up every other status.
-    direct.connect_timeout = Some(Duration::from_secs(5));
-    direct.read_timeout = Some(Duration::from_secs(15));
-    direct.write_timeout = Some(Duration::from_secs(15));
-    let status_client = kube::Client::try_from(direct).context("Kubernetes client")?;
+    let (kube_client, status_client) = kube_clients(&config)?;
     let identity = default_identity();
     let (statuses, writer) = KubeStatus::new(status_client, fence.clone(), &identity);
     let pipeline = Arc::new(Pipeline::new(
@@ -212,42 +202,14 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
 
     let leader = if args.leader_elect {
-        // The lease's own client gives up quickly: a renew that hangs has failed.
-        let mut lease_config = config;
-        lease_config.default_retry = false;
-        lease_config.connect_timeout = Some(args.lease_renew);
-        lease_config.read_timeout = Some(args.lease_renew);
-        lease_config.write_timeout = Some(args.lease_renew);
-        let lease_client = kube::Client::try_from(lease_config).context("Kubernetes client")?;
-        let lease = LeaderConfig {
-            lease_name: args.lease_name.clone(),
-            namespace: args
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(default_lease_namespace),
-            identity: identity.clone(),
-            duration: args.lease_duration,
-            renew: args.lease_renew,
-        };
-        let mut joined = tokio::select! {
-            l = join_election(lease_client, &lease, &fence, &telemetry) => l,
-            _ = shutdown_signal() => {
+        match stand_by(&args, config, &identity, &fence, &telemetry).await? {
+            Some(leader) => Some(leader),
+            None => {
                 drain(&pipeline, tasks, None).await;
                 writer.abort();
-                return Ok(ExitCode::SUCCESS);
-            }
-        };
-        info!(lease = %lease.lease_name, namespace = %lease.namespace, "standing by for the lease");
-        tokio::select! {
-            _ = joined.acquire() => {}
-            _ = shutdown_signal() => {
-                drain(&pipeline, tasks, None).await;
-                writer.abort();
-                joined.release().await;
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        Some(joined)
     } else {
         None
     };
@@ -310,6 +272,61 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     http.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The source's client and the status writer's. kube retries 429/503/504 for minutes by
+/// default, out of sight: both have their own backoff (the writer's yields to newer
+/// statuses), so kube's is off; and a status patch that hangs would hold up every other
+/// status, so the writer's client has timeouts.
+fn kube_clients(config: &kube::Config) -> anyhow::Result<(kube::Client, kube::Client)> {
+    let mut direct = config.clone();
+    direct.default_retry = false;
+    let source = kube::Client::try_from(direct.clone()).context("Kubernetes client")?;
+    direct.connect_timeout = Some(Duration::from_secs(5));
+    direct.read_timeout = Some(Duration::from_secs(15));
+    direct.write_timeout = Some(Duration::from_secs(15));
+    let status = kube::Client::try_from(direct).context("Kubernetes client")?;
+    Ok((source, status))
+}
+
+/// Joins the election and waits for the lease; `None` when a signal came first (the
+/// lease, if held, is released).
+async fn stand_by(
+    args: &RunArgs,
+    config: kube::Config,
+    identity: &str,
+    fence: &WriteFence,
+    telemetry: &Telemetry,
+) -> anyhow::Result<Option<Leader>> {
+    // The lease's own client gives up quickly: a renew that hangs has failed.
+    let mut lease_config = config;
+    lease_config.default_retry = false;
+    lease_config.connect_timeout = Some(args.lease_renew);
+    lease_config.read_timeout = Some(args.lease_renew);
+    lease_config.write_timeout = Some(args.lease_renew);
+    let lease_client = kube::Client::try_from(lease_config).context("Kubernetes client")?;
+    let lease = LeaderConfig {
+        lease_name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(default_lease_namespace),
+        identity: identity.to_string(),
+        duration: args.lease_duration,
+        renew: args.lease_renew,
+    };
+    let mut joined = tokio::select! {
+        l = join_election(lease_client, &lease, fence, telemetry) => l,
+        _ = shutdown_signal() => return Ok(None),
+    };
+    info!(lease = %lease.lease_name, namespace = %lease.namespace, "standing by for the lease");
+    tokio::select! {
+        _ = joined.acquire() => Ok(Some(joined)),
+        _ = shutdown_signal() => {
+            joined.release().await;
+            Ok(None)
+        }
+    }
 }
 
 /// Joins the election, retrying while the API server does not answer.

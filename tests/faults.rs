@@ -1,0 +1,460 @@
+//! Faults under a running controller (SPEC §3, §5, §7, §8), through the built binary and
+//! a real LXD: LXD killed mid-converge, LXD slow and cutting connections, the controller
+//! SIGKILLed mid-upgrade, and a state directory that is full.
+//!
+//! Each test has its own LXD project, or its own private LXD daemon when it kills LXD, and
+//! cleans up on drop. Assertions are what a user sees: profile lists through `lxc`, LXD
+//! writes counted by a proxy or by `/metrics`, statuses through `lxd-mutater get`, the log.
+
+mod support;
+
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proxy::{Controller, FaultProxy, Faults, PrivateLxd, Tmpfs, in_parallel, profile_lists};
+use support::{TestProject, wait_until};
+
+/// `--backoff-max` of every controller here: no key may wait longer between retries.
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const PATCHED: &str = "lxd_mutater_lxd_requests_total{method=\"PATCH\",code=\"200\"}";
+
+fn app(rev: u64) -> String {
+    format!(
+        "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {{name: one, namespace: m}}\nspec:\n  revision: {rev}\n  lxdProfile: {{config: {{security.nesting: \"true\"}}}}\n---\n"
+    )
+}
+
+fn machines(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: lxdmutater.dev/v1alpha1\nkind: Machine\nmetadata: {{name: '{i}', namespace: m}}\nspec: {{instance: i{i}, applications: [one]}}\n---\n"
+            )
+        })
+        .collect()
+}
+
+/// The resources: Application `one` at `rev`, and Machines 0..n on instances i0..i(n-1).
+fn write_resources(dir: &Path, rev: u64, n: usize) {
+    std::fs::write(dir.join("r.yaml"), app(rev) + &machines(n)).expect("write the resources");
+}
+
+/// The converged list of every machine at revision `rev`.
+fn expected(rev: u64) -> Vec<String> {
+    vec!["default".into(), "juju-m".into(), format!("juju-m-one-{rev}")]
+}
+
+/// How many of the instances have the converged list at `rev`.
+fn converged(lists: &BTreeMap<String, Vec<String>>, rev: u64) -> usize {
+    let want = expected(rev);
+    lists.values().filter(|l| **l == want).count()
+}
+
+/// Every instance's profile list in a project of the shared LXD, in one listing.
+fn project_lists(project: &TestProject) -> BTreeMap<String, Vec<String>> {
+    let json = project
+        .query("GET", "/1.0/instances?recursion=1", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    profile_lists(&json)
+}
+
+fn project_profiles(project: &TestProject) -> Vec<String> {
+    let json = project
+        .query("GET", "/1.0/profiles", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    proxy::profile_names(&json)
+}
+
+/// `n` empty instances i0..i(n-1) that never autostart, created a few at a time.
+fn create_instances(n: usize, lxc: impl Fn(&[&str]) -> Result<String, String> + Sync) {
+    in_parallel(n, 8, |i| {
+        let name = format!("i{i}");
+        lxc(&["init", "--empty", &name, "-c", "boot.autostart=false"])
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
+/// Deletes i0..i(n-1) of a project a few at a time before `TestProject` removes the rest
+/// (it deletes one by one). Declared after the project, so dropped before it.
+struct DeleteInstances<'a>(&'a TestProject, usize);
+
+impl Drop for DeleteInstances<'_> {
+    fn drop(&mut self) {
+        in_parallel(self.1, 8, |i| {
+            let _ = self.0.try_lxc(&["delete", "--force", &format!("i{i}")]);
+        });
+    }
+}
+
+/// Machine statuses as `lxd-mutater get machines -o json` shows them: name -> (phase, profiles).
+fn statuses(state: &Path) -> BTreeMap<String, (String, Vec<String>)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+        .args(["get", "machines", "-o", "json", "--state-dir"])
+        .arg(state)
+        .output()
+        .expect("run lxd-mutater get");
+    assert!(out.status.success(), "get: {:?}", out);
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("get -o json prints JSON");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let name = o["metadata"]["name"].as_str()?.to_string();
+            let phase = o["status"]["phase"].as_str().unwrap_or_default().to_string();
+            let profiles = o["status"]["profiles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect();
+            Some((name, (phase, profiles)))
+        })
+        .collect()
+}
+
+/// How many machines have status Applied with the converged list at `rev`.
+fn applied(state: &Path, rev: u64) -> usize {
+    let want = expected(rev);
+    statuses(state)
+        .values()
+        .filter(|(phase, profiles)| phase == "Applied" && *profiles == want)
+        .count()
+}
+
+fn args<'a>(resources: &'a Path, state: &'a Path, more: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--resources",
+        &resources.display().to_string(),
+        "--state-dir",
+        &state.display().to_string(),
+        "--workers",
+        "4",
+        "--backoff-max",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(more.iter().map(|s| s.to_string()));
+    v
+}
+
+fn start(args: &[String], log: Option<&Path>) -> Controller {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Controller::start(&args, log)
+}
+
+#[test]
+fn lxd_killed_mid_converge_loses_no_machine_keeps_no_key_past_the_backoff_cap_and_deletes_nothing()
+{
+    let n = 100;
+    let mut lxd = PrivateLxd::start();
+    create_instances(n, |a| lxd.lxc(a));
+    let resources = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    write_resources(resources.path(), 1, n);
+    let url = lxd.url();
+    let controller = start(
+        &args(
+            resources.path(),
+            state.path(),
+            &["--lxd", &url, "--lxd-project", "default", "--resync", "1h"],
+        ),
+        None,
+    );
+    wait_until("ready", Duration::from_secs(30), || {
+        controller.get("/readyz").0 == 200
+    });
+    wait_until("some machines converged", Duration::from_secs(60), || {
+        converged(&lxd.lists(), 1) > 0
+    });
+    lxd.kill9();
+    let patched = controller.metric(PATCHED);
+    eprintln!("LXD killed after {patched} of {n} PATCHes");
+    assert!(
+        patched < n as f64,
+        "LXD was killed after every machine was converged: the test shows nothing"
+    );
+
+    // The scenario: LXD stays down for 5 s. /readyz is polled meanwhile; nothing is
+    // waited for.
+    let down = Instant::now();
+    let mut readyz = BTreeSet::new();
+    while down.elapsed() < Duration::from_secs(5) {
+        readyz.insert(controller.get("/readyz").0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        readyz,
+        BTreeSet::from([503]),
+        "/readyz while LXD is down (always 503)"
+    );
+    assert_eq!(controller.get("/healthz").0, 200, "alive all the same");
+
+    lxd.restart();
+    let back = Instant::now();
+    wait_until(
+        "every machine converged after LXD came back",
+        Duration::from_secs(60),
+        || converged(&lxd.lists(), 1) == n,
+    );
+    let took = back.elapsed();
+    eprintln!("all {n} converged {took:?} after LXD answered again");
+    // LXD was away ~8 s: a key whose delay kept doubling past the cap would wait that long
+    // again. Capped, every key is retried within the cap; the rest is LXD's work.
+    assert!(
+        took < BACKOFF_CAP + Duration::from_secs(6),
+        "converging took {took:?} after LXD came back: a key waited past the backoff cap"
+    );
+    wait_until("ready again", Duration::from_secs(15), || {
+        controller.get("/readyz").0 == 200
+    });
+    wait_until("every status Applied", Duration::from_secs(30), || {
+        applied(state.path(), 1) == n
+    });
+    let deletes = controller.metric_sum("lxd_mutater_lxd_requests_total{method=\"DELETE\"");
+    assert_eq!(deletes, 0.0, "nothing here may be deleted: every profile is in use");
+    let profiles = lxd.profiles();
+    assert_eq!(
+        profiles,
+        ["default", "juju-m", "juju-m-one-1"],
+        "the profiles in use are all there"
+    );
+    assert!(
+        controller.metric_sum("workqueue_retries_total") > 0.0,
+        "keys went through backoff while LXD was down"
+    );
+}
+
+#[test]
+fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_once_converged() {
+    let n = 20;
+    let project = TestProject::new();
+    let _instances = DeleteInstances(&project, n);
+    create_instances(n, |a| project.try_lxc(a));
+    let resources = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    write_resources(resources.path(), 1, n);
+    let slow = Faults {
+        delay: Duration::from_millis(200),
+        cut_every: 0,
+    };
+    let lxd = FaultProxy::start(&support::lxd_socket(), slow);
+    let url = lxd.url();
+    let _controller = start(
+        &args(
+            resources.path(),
+            state.path(),
+            &["--lxd", &url, "--lxd-project", project.name(), "--resync", "1h"],
+        ),
+        None,
+    );
+    let t = Instant::now();
+    wait_until(
+        "every machine converged through the slow LXD",
+        Duration::from_secs(60),
+        || converged(&project_lists(&project), 1) == n,
+    );
+    eprintln!("slow: {n} converged in {:?}", t.elapsed());
+
+    // Now every third connection is cut after LXD has the request, before the client
+    // has the answer; and an upgrade needs creating, patching and deleting.
+    lxd.set_faults(Faults {
+        delay: Duration::from_millis(200),
+        cut_every: 3,
+    });
+    let t = Instant::now();
+    write_resources(resources.path(), 2, n);
+    wait_until(
+        "every machine converged on revision 2 through the cutting LXD",
+        Duration::from_secs(60),
+        || converged(&project_lists(&project), 2) == n,
+    );
+    wait_until(
+        "the old charm profile deleted",
+        Duration::from_secs(30),
+        || project_profiles(&project) == ["default", "juju-m", "juju-m-one-2"],
+    );
+    wait_until("every status Applied", Duration::from_secs(30), || {
+        applied(state.path(), 2) == n
+    });
+    eprintln!("cutting: {n} converged in {:?}", t.elapsed());
+
+    let exchanges = lxd.exchanges();
+    let cut_writes = exchanges.iter().filter(|e| e.cut && e.is_write()).count();
+    assert!(cut_writes > 0, "no write was cut: the test shows nothing");
+    let mut created: BTreeMap<String, usize> = BTreeMap::new();
+    for e in exchanges.iter().filter(|e| {
+        e.method == "POST" && e.path.starts_with("/1.0/profiles") && e.succeeded()
+    }) {
+        *created
+            .entry(e.name.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        created,
+        BTreeMap::from([
+            ("juju-m".to_string(), 1),
+            ("juju-m-one-1".to_string(), 1),
+            ("juju-m-one-2".to_string(), 1),
+        ]),
+        "each profile created once (LXD's answers)"
+    );
+    let deleted: Vec<&str> = exchanges
+        .iter()
+        .filter(|e| e.method == "DELETE" && e.succeeded())
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(deleted.len(), 1, "one deletion: {deleted:?}");
+    assert!(
+        deleted[0].starts_with("/1.0/profiles/juju-m-one-1"),
+        "{deleted:?}"
+    );
+
+    // A fixed window on purpose: once converged, nothing may be written during it.
+    let writes = lxd.writes();
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<String> = lxd.exchanges()[exchanges.len()..]
+        .iter()
+        .filter(|e| e.is_write())
+        .map(|e| format!("{} {} -> {:?}", e.method, e.path, e.code))
+        .collect();
+    assert_eq!(lxd.writes(), writes, "writes once converged: {after:?}");
+}
+
+#[test]
+fn controller_sigkilled_mid_upgrade_converges_every_machine_after_restart_and_leaves_no_old_profile()
+{
+    let n = 100;
+    let project = TestProject::new();
+    let _instances = DeleteInstances(&project, n);
+    create_instances(n, |a| project.try_lxc(a));
+    let resources = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    write_resources(resources.path(), 1, n);
+    let flags = args(
+        resources.path(),
+        state.path(),
+        &["--lxd-project", project.name(), "--resync", "1h"],
+    );
+    let mut first = start(&flags, None);
+    wait_until(
+        "every machine converged on revision 1",
+        Duration::from_secs(60),
+        || converged(&project_lists(&project), 1) == n,
+    );
+
+    write_resources(resources.path(), 2, n);
+    wait_until("the upgrade to start", Duration::from_secs(30), || {
+        converged(&project_lists(&project), 2) > 0
+    });
+    first.kill();
+    let lists = project_lists(&project);
+    let (old, new) = (converged(&lists, 1), converged(&lists, 2));
+    eprintln!("SIGKILL with {new} of {n} upgraded, {old} still on revision 1");
+    assert!(
+        old > 0,
+        "killed after the whole upgrade: the test shows nothing"
+    );
+    assert_eq!(old + new, n, "every instance on one revision or the other");
+
+    let second = start(&flags, None);
+    wait_until(
+        "every machine converged on revision 2 after the restart",
+        Duration::from_secs(60),
+        || converged(&project_lists(&project), 2) == n,
+    );
+    wait_until(
+        "the old charm profile deleted once unused",
+        Duration::from_secs(30),
+        || project_profiles(&project) == ["default", "juju-m", "juju-m-one-2"],
+    );
+    wait_until("every status Applied", Duration::from_secs(30), || {
+        applied(state.path(), 2) == n
+    });
+    let patched = second.metric(PATCHED);
+    assert!(
+        patched <= old as f64,
+        "the restarted controller patched {patched} instances, {old} needed it"
+    );
+}
+
+#[test]
+fn full_state_dir_keeps_lxd_reconciled_counts_and_logs_once_and_statuses_catch_up_when_space_frees()
+{
+    let n = 40;
+    let project = TestProject::new();
+    let _instances = DeleteInstances(&project, n);
+    create_instances(n, |a| project.try_lxc(a));
+    let resources = tempfile::tempdir().expect("tempdir");
+    write_resources(resources.path(), 1, n);
+    // Drops (unmounts) before the project: declared after it.
+    let state = Tmpfs::mount("64k");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("controller.log");
+    let controller = start(
+        &args(
+            resources.path(),
+            state.path(),
+            &["--lxd-project", project.name(), "--resync", "2s"],
+        ),
+        Some(&log),
+    );
+    let errors = "lxd_mutater_reconcile_errors_total{controller=\"machine\",category=\"status_write\"}";
+    let refusals = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("cannot write status"))
+            .count()
+    };
+
+    wait_until(
+        "every instance converged with the state dir full",
+        Duration::from_secs(60),
+        || converged(&project_lists(&project), 1) == n,
+    );
+    wait_until("the refused writes counted", Duration::from_secs(10), || {
+        controller.metric(errors) > 0.0
+    });
+    let written = applied(state.path(), 1);
+    eprintln!("{written} of {n} statuses fit");
+    assert!(written < n, "every status fit: the test shows nothing");
+    // A later pass (the 2 s resync) is refused too, and is not logged again.
+    let counted = controller.metric(errors);
+    wait_until("a later pass refused too", Duration::from_secs(10), || {
+        controller.metric(errors) > counted
+    });
+    assert_eq!(refusals(), 1, "logged once:\n{}", log_text(&log));
+
+    state.resize("4m");
+    let t = Instant::now();
+    wait_until(
+        "every status written once space frees",
+        Duration::from_secs(20),
+        || applied(state.path(), 1) == n,
+    );
+    eprintln!("statuses caught up {:?} after the space freed", t.elapsed());
+    assert_eq!(
+        refusals(),
+        1,
+        "logged once in the whole episode:\n{}",
+        log_text(&log)
+    );
+    assert_eq!(
+        converged(&project_lists(&project), 1),
+        n,
+        "LXD still in line"
+    );
+}
+
+fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
