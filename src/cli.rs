@@ -46,7 +46,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show what `run` would change, and change nothing.
     ///
-    /// Exit code: 0 in sync, 2 drift, 1 error.
+    /// Exit code: 0 in sync, 2 drift (a pending deletion of an unused owned profile
+    /// included), 1 error (usage errors and resource files that do not load included).
     Diff(DiffArgs),
     /// Show resources and their status, as the controller last wrote it.
     Get(GetArgs),
@@ -187,7 +188,8 @@ pub struct RunArgs {
     #[arg(long, env = "LXD_MUTATER_DRY_RUN")]
     pub dry_run: bool,
     /// One pass over every resource, then exit: 0 when all are Applied, Pending or
-    /// Skipped, 1 otherwise (one line per resource that is not).
+    /// Skipped and every file loads, 1 otherwise (one line per resource or file that is
+    /// not).
     #[arg(long, env = "LXD_MUTATER_ONCE")]
     pub once: bool,
     /// Container controller only: take the containers whose spec.machine is NAME.
@@ -196,8 +198,9 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LXD_MUTATER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// Log filter (an env-filter expression, e.g. info or lxd_mutater=debug).
-    #[arg(long, env = "LXD_MUTATER_LOG_LEVEL", default_value = "info")]
+    /// Log filter: a level (error, warn, info, debug, trace, off), or comma-separated
+    /// target=level directives (info,lxd_mutater=debug).
+    #[arg(long, env = "LXD_MUTATER_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 }
 
@@ -218,4 +221,49 @@ pub struct GetArgs {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter whose every directive names a level: `info`, `lxd_mutater=debug`,
+/// `warn,lxd_mutater::reconcile=trace`. A bare word that is not a level (`verbose`) is
+/// refused rather than read as a target name that silently logs nothing.
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    let bad = |d: &str| {
+        format!(
+            "{d:?} is not a log level: use one of {} or TARGET=LEVEL (e.g. lxd_mutater=debug)",
+            LEVELS.join(", ")
+        )
+    };
+    if s.trim().is_empty() {
+        return Err(bad(s));
+    }
+    for directive in s.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            return Err(bad(directive));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_checked_not_silently_replaced() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,lxd_mutater=debug",
+            "lxd_mutater::reconcile=trace",
+        ] {
+            assert_eq!(parse_log_level(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in ["verbose", "", "info,loud", "lxd_mutater=lots"] {
+            assert!(parse_log_level(bad).is_err(), "{bad:?}");
+        }
+    }
 }

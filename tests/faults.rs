@@ -46,7 +46,11 @@ fn write_resources(dir: &Path, rev: u64, n: usize) {
 
 /// The converged list of every machine at revision `rev`.
 fn expected(rev: u64) -> Vec<String> {
-    vec!["default".into(), "juju-m".into(), format!("juju-m-one-{rev}")]
+    vec![
+        "default".into(),
+        "juju-m".into(),
+        format!("juju-m-one-{rev}"),
+    ]
 }
 
 /// How many of the instances have the converged list at `rev`.
@@ -107,7 +111,10 @@ fn statuses(state: &Path) -> BTreeMap<String, (String, Vec<String>)> {
         .flatten()
         .filter_map(|o| {
             let name = o["metadata"]["name"].as_str()?.to_string();
-            let phase = o["status"]["phase"].as_str().unwrap_or_default().to_string();
+            let phase = o["status"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let profiles = o["status"]["profiles"]
                 .as_array()
                 .into_iter()
@@ -220,7 +227,10 @@ fn lxd_killed_mid_converge_loses_no_machine_keeps_no_key_past_the_backoff_cap_an
         applied(state.path(), 1) == n
     });
     let deletes = controller.metric_sum("lxd_mutater_lxd_requests_total{method=\"DELETE\"");
-    assert_eq!(deletes, 0.0, "nothing here may be deleted: every profile is in use");
+    assert_eq!(
+        deletes, 0.0,
+        "nothing here may be deleted: every profile is in use"
+    );
     let profiles = lxd.profiles();
     assert_eq!(
         profiles,
@@ -244,7 +254,7 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
     write_resources(resources.path(), 1, n);
     let slow = Faults {
         delay: Duration::from_millis(200),
-        cut_every: 0,
+        ..Faults::default()
     };
     let lxd = FaultProxy::start(&support::lxd_socket(), slow);
     let url = lxd.url();
@@ -252,7 +262,14 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
         &args(
             resources.path(),
             state.path(),
-            &["--lxd", &url, "--lxd-project", project.name(), "--resync", "1h"],
+            &[
+                "--lxd",
+                &url,
+                "--lxd-project",
+                project.name(),
+                "--resync",
+                "1h",
+            ],
         ),
         None,
     );
@@ -265,10 +282,12 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
     eprintln!("slow: {n} converged in {:?}", t.elapsed());
 
     // Now every third connection is cut after LXD has the request, before the client
-    // has the answer; and an upgrade needs creating, patching and deleting.
+    // has the answer, and so is the first of each kind of write; an upgrade needs a
+    // profile created, instances patched and a profile deleted.
     lxd.set_faults(Faults {
         delay: Duration::from_millis(200),
         cut_every: 3,
+        cut_first: &["POST", "PATCH", "PUT", "DELETE"],
     });
     let t = Instant::now();
     write_resources(resources.path(), 2, n);
@@ -288,12 +307,26 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
     eprintln!("cutting: {n} converged in {:?}", t.elapsed());
 
     let exchanges = lxd.exchanges();
-    let cut_writes = exchanges.iter().filter(|e| e.cut && e.is_write()).count();
-    assert!(cut_writes > 0, "no write was cut: the test shows nothing");
+    let cut: Vec<String> = exchanges
+        .iter()
+        .filter(|e| e.cut && e.is_write())
+        .map(|e| format!("{} {} -> {:?}", e.method, e.path, e.code))
+        .collect();
+    eprintln!(
+        "{} requests, {} cut; writes cut after LXD answered: {cut:#?}",
+        exchanges.len(),
+        exchanges.iter().filter(|e| e.cut).count()
+    );
+    assert!(
+        cut.iter().any(|c| c.starts_with("POST /1.0/profiles"))
+            && cut.iter().any(|c| c.starts_with("PATCH /1.0/instances")),
+        "a profile creation and a PATCH were cut: {cut:#?}"
+    );
     let mut created: BTreeMap<String, usize> = BTreeMap::new();
-    for e in exchanges.iter().filter(|e| {
-        e.method == "POST" && e.path.starts_with("/1.0/profiles") && e.succeeded()
-    }) {
+    for e in exchanges
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.starts_with("/1.0/profiles") && e.succeeded())
+    {
         *created
             .entry(e.name.clone().unwrap_or_default())
             .or_default() += 1;
@@ -331,7 +364,7 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
 
 #[test]
 fn controller_sigkilled_mid_upgrade_converges_every_machine_after_restart_and_leaves_no_old_profile()
-{
+ {
     let n = 100;
     let project = TestProject::new();
     let _instances = DeleteInstances(&project, n);
@@ -407,7 +440,8 @@ fn full_state_dir_keeps_lxd_reconciled_counts_and_logs_once_and_statuses_catch_u
         ),
         Some(&log),
     );
-    let errors = "lxd_mutater_reconcile_errors_total{controller=\"machine\",category=\"status_write\"}";
+    let errors =
+        "lxd_mutater_reconcile_errors_total{controller=\"machine\",category=\"status_write\"}";
     let refusals = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -421,9 +455,11 @@ fn full_state_dir_keeps_lxd_reconciled_counts_and_logs_once_and_statuses_catch_u
         Duration::from_secs(60),
         || converged(&project_lists(&project), 1) == n,
     );
-    wait_until("the refused writes counted", Duration::from_secs(10), || {
-        controller.metric(errors) > 0.0
-    });
+    wait_until(
+        "the refused writes counted",
+        Duration::from_secs(10),
+        || controller.metric(errors) > 0.0,
+    );
     let written = applied(state.path(), 1);
     eprintln!("{written} of {n} statuses fit");
     assert!(written < n, "every status fit: the test shows nothing");

@@ -679,6 +679,39 @@ fn once_and_diff_exit_codes_through_the_binary() {
         table.contains("Applied   default,juju-m,juju-m-one-3"),
         "{table}"
     );
+    // A usage error is 1, never the 2 of drift; a log level that is not one is refused.
+    let out = Command::new(bin)
+        .args(["diff", "--resources", res, "--lxd-projekt", h.lxd.name()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(bin)
+        .args([
+            "run",
+            "--once",
+            "--resources",
+            res,
+            "--log-level",
+            "verbose",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a log level"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A file that does not load: diff and --once exit 1 and name it.
+    h.write("broken.yaml", "apiVersion: [\n");
+    let out = diff();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("broken.yaml:"), "{stdout}");
+    let out = once();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("broken.yaml:"));
+    std::fs::remove_file(h.resources.path().join("broken.yaml")).unwrap();
     // An error makes --once exit 1 with one line for the resource.
     h.write(
         "r.yaml",

@@ -1,5 +1,6 @@
 //! `lxd-mutater diff`: what `run` would change, and nothing changed. Exit 0 in sync,
-//! 2 drift (a pending deletion of an unused owned profile included), 1 error.
+//! 2 drift (a pending deletion of an unused owned profile included), 1 error (a resource
+//! file that does not load included).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,8 +29,14 @@ pub async fn diff(lxd_args: LxdArgs, resources: ResourcesArg) -> anyhow::Result<
     let pipeline = Pipeline::new(lxd, Arc::new(status), opts, &telemetry);
     let snapshot = super::load_dir(&resources.resources)?;
     pipeline.load(snapshot.resources());
+    // A file that does not load is an error, not "in sync": a CI job running diff must
+    // not pass on a broken file.
+    let broken = snapshot.problems();
+    for p in &broken {
+        println!("error: {p}");
+    }
     super::listing(pipeline.relist().await)?;
-    let (mut drift, mut errors) = (0, 0);
+    let (mut drift, mut errors) = (0, broken.len());
     for (key, decision) in pipeline.worker.plans() {
         let head = format!("{} {}/{}", key.kind, key.namespace, key.name);
         match decision {

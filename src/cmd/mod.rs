@@ -25,7 +25,19 @@ pub fn main() -> ExitCode {
     // One TLS provider for the whole process (kube's client builds its config from the
     // process default); a second install attempt is harmless.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    // Exit 2 is reserved for drift (`diff`): a usage error is 1, like every other error,
+    // so that a mistyped flag in a cron job never reads as drift.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     match cli.command {
         Command::Validate { paths } => validate::validate(&paths),
         Command::Crds => crds::crds(),
@@ -56,6 +68,7 @@ fn runtime(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> Ex
 }
 
 fn init_logs(format: &str, level: &str) {
+    // `--log-level` was checked when the command line was parsed (`cli::parse_log_level`).
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -94,7 +94,16 @@ async fn run_files(args: RunArgs) -> anyhow::Result<ExitCode> {
         super::listing(pipeline.relist().await)?;
         pipeline.enqueue_all();
         pipeline.worker.clone().run(true).await;
-        return Ok(once_report(&pipeline));
+        let broken = snapshot.problems();
+        for p in &broken {
+            println!("{p}");
+        }
+        let code = once_report(&pipeline);
+        return Ok(if broken.is_empty() {
+            code
+        } else {
+            ExitCode::from(1)
+        });
     }
 
     let http = serve(&args.listen, pipeline.endpoints(telemetry.clone())).await?;
@@ -471,7 +480,8 @@ async fn shutdown_signal() {
 }
 
 /// `--once`: 0 when every resource is Applied, Pending or Skipped, 1 otherwise, with
-/// one line per resource that is not.
+/// one line per resource that is not (the caller adds a line per file that does not load,
+/// and exits 1 for those too).
 fn once_report<L: LxdApi + Clone>(pipeline: &Pipeline<L>) -> ExitCode {
     let mut bad = 0;
     for k in pipeline.store.workload_keys() {

@@ -354,6 +354,13 @@ where
 /// serde-saphyr's message without its `error: line L column C: ` prefix (the position is
 /// ours to print).
 fn yaml_message(e: &serde_saphyr::Error) -> String {
+    // The library's own words here are advice to its API's users; say it to a user.
+    if let serde_saphyr::Error::DuplicateMappingKey { key, .. } = e.without_snippet() {
+        return match key {
+            Some(k) => format!("the key {k:?} appears twice in this mapping"),
+            None => "a key appears twice in this mapping".into(),
+        };
+    }
     let text = e.without_snippet().to_string();
     let text = text.strip_prefix("error: ").unwrap_or(&text);
     let text = match text.strip_prefix("line ") {
@@ -650,6 +657,16 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].contains("spec.lxdProfile.config.user.lxd-mutater.owner: config key \"user.lxd-mutater.owner\" is reserved"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_said_in_the_products_words() {
+        let e = errors("apiVersion: lxdmutater.dev/v1alpha1\napiVersion: x\nkind: Machine\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].ends_with("the key \"apiVersion\" appears twice in this mapping"),
             "{e:?}"
         );
     }

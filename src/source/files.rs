@@ -157,6 +157,20 @@ impl FileSnapshot {
         changed
     }
 
+    /// The problems of the files that do not load now, and why the directory could not be
+    /// read whole (for one-shot commands, which exit 1 on either).
+    pub fn problems(&self) -> Vec<String> {
+        self.unreadable
+            .iter()
+            .cloned()
+            .chain(
+                self.files
+                    .values()
+                    .flat_map(|f| f.problems.iter().map(Problem::to_string)),
+            )
+            .collect()
+    }
+
     /// Files that do not parse now.
     pub fn broken_files(&self) -> usize {
         self.files

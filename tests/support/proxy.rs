@@ -28,6 +28,9 @@ pub struct Faults {
     /// to answer, before one byte of the answer reaches the client: the client cannot
     /// know whether LXD did it.
     pub cut_every: usize,
+    /// The first request of each of these methods is cut the same way, wherever it
+    /// falls (so that a profile creation, say, is surely among the cut).
+    pub cut_first: &'static [&'static str],
 }
 
 /// One request as LXD saw it.
@@ -57,6 +60,8 @@ impl Exchange {
 
 struct Shared {
     faults: Mutex<Faults>,
+    /// Methods whose first request since `set_faults` was cut already.
+    cut_once: Mutex<Vec<String>>,
     connections: AtomicUsize,
     log: Mutex<Vec<Exchange>>,
     stopping: AtomicBool,
@@ -80,6 +85,7 @@ impl FaultProxy {
         let listener = UnixListener::bind(&path).expect("the proxy binds its socket");
         let shared = Arc::new(Shared {
             faults: Mutex::new(faults),
+            cut_once: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
@@ -110,6 +116,7 @@ impl FaultProxy {
 
     pub fn set_faults(&self, faults: Faults) {
         *lock(&self.shared.faults) = faults;
+        lock(&self.shared.cut_once).clear();
     }
 
     /// Every request so far.
@@ -181,12 +188,20 @@ fn serve(mut down: UnixStream, upstream: &Path, shared: &Shared) {
         .ok()
         .and_then(|v| v.get("name")?.as_str().map(str::to_string));
     std::thread::sleep(faults.delay);
+    let first_of_method = faults.cut_first.contains(&method.as_str()) && {
+        let mut seen = lock(&shared.cut_once);
+        let first = !seen.contains(&method);
+        if first {
+            seen.push(method.clone());
+        }
+        first
+    };
     let mut record = Exchange {
+        cut: first_of_method || (faults.cut_every > 0 && n % faults.cut_every == 0),
         method,
         path,
         name,
         code: None,
-        cut: faults.cut_every > 0 && n % faults.cut_every == 0,
     };
     let answer = forward(&mut down, &request, upstream, &mut record);
     let cut = record.cut;
@@ -335,7 +350,14 @@ impl PrivateLxd {
         lxd.lxc(&["storage", "create", "default", "dir"])
             .unwrap_or_else(|e| panic!("{e}"));
         lxd.lxc(&[
-            "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default",
+            "profile",
+            "device",
+            "add",
+            "default",
+            "root",
+            "disk",
+            "path=/",
+            "pool=default",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         lxd
