@@ -1,25 +1,49 @@
-//! The three kinds from the API server: list, then watch from the list's
-//! resourceVersion; on a 410 (the version was compacted away) list again; when a watch
-//! stream ends, watch again from the last version seen. Each object goes through
-//! `convert` into the controller's store, with only what changed, so that the work is
-//! proportional to the change.
+//! The three kinds from the API server, each through `kube::runtime::watcher`: a paged
+//! list, then a watch from the list's resourceVersion with bookmarks; the watcher
+//! watches again from the last version seen when a stream ends, and lists again on a
+//! 410 (the version was compacted away). Each object goes through `convert` into the
+//! controller's store, with only what changed, so that the work is proportional to the
+//! change.
 //!
 //! Only spec, uid, label and annotation changes reach the store as changes (the resource
 //! model holds nothing else): a status write comes back on the watch as a `Stored` event
 //! (what the server holds), and enqueues nothing.
 //!
-//! It emits `SourceEvent`s and writes nothing, statuses included. The list/watch loop is
-//! still this module's own, not `kube::runtime::watcher`'s: moving onto it is an open
-//! step (the behaviours the tests pin, the silent-watch limit and the per-kind `Loaded`,
-//! would have to be kept).
+//! It emits `SourceEvent`s and writes nothing, statuses included.
+//!
+//! The watcher yields objects and errors; this module adds, around its stream:
+//! - what a relist no longer has is removed, once the relist is complete (`InitDone`):
+//!   a relist that fails part-way removes nothing;
+//! - `Loaded` once every kind has been listed in full;
+//! - the crate's backoff after a failure (the watcher retries at once on the next poll),
+//!   logged with the kind;
+//! - a list page that gets no answer within `REQUEST_TIMEOUT` (60 s) drops the watcher and
+//!   starts a new one (the watcher bounds only the reads of a watch stream, and the
+//!   caller's client has no read timeout);
+//! - a 410 in answer to the start of a watch (not as an event on its stream) starts a new
+//!   watcher: the watcher would retry the same expired version for ever.
+//!
+//! A watch stream silent for longer than its timeout plus 5 s is dropped and started
+//! again by the watcher itself, within the old limit of the timeout plus 30 s.
+//!
+//! Two behaviours of the hand-written loop are not kept. The watcher re-opens the watches
+//! of a quiet kind and takes in their bookmarks without yielding anything, so from
+//! outside its stream a quiet kind cannot be told from a stuck request or a spinning one:
+//! - the start of a watch (the request, until its response headers) has no time limit:
+//!   a dead connection fails it after the kernel's TCP retransmissions, and only a server
+//!   that takes the request and never answers holds it. A limit on each item of the
+//!   stream would catch that, but would also relist every quiet kind every few minutes;
+//! - a watch the server ends at once, without an event, is re-opened at once rather than
+//!   after a backoff (no API server does so; a broken proxy could).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
+use kube::api::{Api, DynamicObject};
+use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
@@ -37,12 +61,14 @@ const RETRY: BackoffConfig = BackoffConfig {
 
 /// Objects per list page.
 const PAGE: u32 = 500;
-/// How long the API server may keep one watch open (it ends it then; we watch again).
+/// How long the API server may keep one watch open (it ends it then; the watcher watches
+/// again). The watcher drops a stream silent for 5 s longer.
 const WATCH_TIMEOUT_SECS: u32 = 290;
-/// A watch that sends nothing for this long (no event, no bookmark, no end) is dropped.
-const SILENT_WATCH: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 30);
-/// A list page or the start of a watch that takes longer failed.
+/// A list page that takes longer failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A failure this long after the last retry follows a healthy stretch (a watch that
+/// lasted): it starts the backoff over rather than doubling it.
+const HEALTHY: Duration = Duration::from_secs(10);
 
 /// What the three kind watchers share.
 pub struct Source {
@@ -54,6 +80,25 @@ pub struct Source {
     broken: Mutex<HashSet<ResourceKey>>,
     /// Kinds listed at least once; the desired state is loaded at three.
     listed: AtomicUsize,
+}
+
+/// One kind's view of what it has put in the store.
+#[derive(Default)]
+struct KindState {
+    /// The keys of this kind in the store, to find what a relist no longer has.
+    known: HashSet<ResourceKey>,
+    /// The keys a relist has brought so far; `Some` from `Init` to `InitDone`.
+    seen: Option<HashSet<ResourceKey>>,
+    /// Listed in full at least once.
+    loaded: bool,
+}
+
+/// What a failure asks of the loop.
+enum Recovery {
+    /// The watcher recovers on its next poll.
+    Poll,
+    /// The watcher cannot recover by itself: start a new one (it lists again).
+    Restart,
 }
 
 impl Source {
@@ -90,125 +135,135 @@ impl Source {
         }
     }
 
-    /// List, watch, and again, for one kind.
+    /// One kind, until the process ends.
     async fn run(&self, kind: Kind) {
-        let api = self.api(kind);
-        // The keys of this kind in the store, to find what a relist no longer has.
-        let mut known: HashSet<ResourceKey> = HashSet::new();
-        let mut first = true;
+        let config = watcher::Config::default()
+            .timeout(WATCH_TIMEOUT_SECS)
+            .page_size(PAGE);
+        let mut state = KindState::default();
         let mut delay = Backoff::new(RETRY);
+        let mut resumed = Instant::now();
         loop {
-            let (objects, mut version) = match list(&api).await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(kind = %kind, error = %e, "cannot list; retrying in {:?}", delay.peek());
-                    delay.wait().await;
-                    continue;
-                }
-            };
-            delay.reset();
-            let mut seen = HashSet::new();
-            for obj in &objects {
-                if let Some(key) = self.upsert(kind, obj) {
-                    seen.insert(key);
-                }
-            }
-            let gone: Vec<ResourceKey> = known.difference(&seen).cloned().collect();
-            self.forget(&gone);
-            known = seen;
-            debug!(kind = %kind, objects = objects.len(), version = %version, "listed");
-            if std::mem::take(&mut first)
-                && self.listed.fetch_add(1, Ordering::SeqCst) + 1 == Kind::ALL.len()
-            {
-                info!("desired state loaded from the API server");
-                self.emit(SourceEvent::Loaded);
-            }
-
-            // Watch until the version is too old (then list again).
+            let mut stream = watcher(self.api(kind), config.clone()).boxed();
             loop {
-                let started = std::time::Instant::now();
-                let mut events = 0;
-                let end = self
-                    .watch(kind, &api, &mut version, &mut known, &mut events)
-                    .await;
-                // A stream that carried something, or lasted, was healthy: start over.
-                if events > 0 || started.elapsed() > Duration::from_secs(10) {
-                    delay.reset();
-                }
-                match end {
-                    WatchEnd::Ended
-                        if events == 0 && started.elapsed() < Duration::from_secs(1) =>
-                    {
-                        debug!(kind = %kind, "watch ended at once; again in {:?}", delay.peek());
+                // Only while listing is each item due soon: while watching, the watcher
+                // takes in bookmarks and re-opens streams without yielding anything.
+                let next = if state.seen.is_some() {
+                    let Ok(next) = tokio::time::timeout(REQUEST_TIMEOUT, stream.next()).await
+                    else {
+                        warn!(
+                            kind = %kind,
+                            "cannot list: no answer within {REQUEST_TIMEOUT:?}; retrying in {:?}",
+                            delay.peek()
+                        );
                         delay.wait().await;
-                    }
-                    WatchEnd::Ended => {}
-                    WatchEnd::Gone => {
-                        info!(kind = %kind, "watch version expired (410): listing again");
+                        resumed = Instant::now();
                         break;
+                    };
+                    next
+                } else {
+                    stream.next().await
+                };
+                // The watcher's stream has no end; were it to end, a new one must not
+                // spin.
+                let Some(next) = next else {
+                    warn!(kind = %kind, "watcher ended; again in {:?}", delay.peek());
+                    delay.wait().await;
+                    resumed = Instant::now();
+                    break;
+                };
+                match next {
+                    Ok(event) => {
+                        if self.apply(kind, &mut state, event) {
+                            delay.reset();
+                        }
                     }
-                    WatchEnd::Failed(e) => {
-                        warn!(kind = %kind, error = %e, "watch failed; again in {:?}", delay.peek());
-                        delay.wait().await;
+                    Err(e) => {
+                        if resumed.elapsed() > HEALTHY {
+                            delay.reset();
+                        }
+                        let recovery = self.failed(kind, &e, &mut delay).await;
+                        resumed = Instant::now();
+                        if let Recovery::Restart = recovery {
+                            break;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// One watch stream, to its end.
-    async fn watch(
-        &self,
-        kind: Kind,
-        api: &Api<DynamicObject>,
-        version: &mut String,
-        known: &mut HashSet<ResourceKey>,
-        events: &mut usize,
-    ) -> WatchEnd {
-        let params = WatchParams {
-            bookmarks: true,
-            ..WatchParams::default()
-        }
-        .timeout(WATCH_TIMEOUT_SECS);
-        let stream = match tokio::time::timeout(REQUEST_TIMEOUT, api.watch(&params, version)).await
-        {
-            Err(_) => return WatchEnd::Failed(format!("no answer within {REQUEST_TIMEOUT:?}")),
-            Ok(Ok(s)) => s,
-            Ok(Err(kube::Error::Api(s))) if s.code == 410 => return WatchEnd::Gone,
-            Ok(Err(e)) => return WatchEnd::Failed(e.to_string()),
-        };
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            // The server ends a watch after WATCH_TIMEOUT_SECS and sends bookmarks: a
-            // stream silent for longer is a connection gone half-open.
-            let Ok(next) = tokio::time::timeout(SILENT_WATCH, stream.next()).await else {
-                return WatchEnd::Failed(format!("watch silent for {SILENT_WATCH:?}"));
-            };
-            let Some(event) = next else { break };
-            *events += 1;
-            match event {
-                Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
-                    remember_version(version, &obj);
-                    if let Some(key) = self.upsert(kind, &to_value(&obj)) {
-                        known.insert(key);
+    /// Takes in one event of the watcher; whether it shows the server serving (a
+    /// complete list or a change), so that the backoff starts over.
+    fn apply(&self, kind: Kind, state: &mut KindState, event: Event<DynamicObject>) -> bool {
+        match event {
+            Event::Init => {
+                state.seen = Some(HashSet::new());
+                false
+            }
+            // A page answered, but the list may still fail on the next one.
+            Event::InitApply(obj) => {
+                if let Some(key) = self.upsert(kind, &to_value(&obj)) {
+                    if let Some(seen) = &mut state.seen {
+                        seen.insert(key.clone());
                     }
+                    state.known.insert(key);
                 }
-                Ok(WatchEvent::Deleted(obj)) => {
-                    remember_version(version, &obj);
-                    if let Some(key) = convert::key(kind, &to_value(&obj)) {
-                        known.remove(&key);
-                        self.forget(&[key]);
-                    }
+                false
+            }
+            Event::InitDone => {
+                let seen = state.seen.take().unwrap_or_default();
+                let gone: Vec<ResourceKey> = state.known.difference(&seen).cloned().collect();
+                self.forget(&gone);
+                state.known = seen;
+                debug!(kind = %kind, objects = state.known.len(), "listed");
+                if !std::mem::replace(&mut state.loaded, true)
+                    && self.listed.fetch_add(1, Ordering::SeqCst) + 1 == Kind::ALL.len()
+                {
+                    info!("desired state loaded from the API server");
+                    self.emit(SourceEvent::Loaded);
                 }
-                Ok(WatchEvent::Bookmark(b)) => *version = b.metadata.resource_version,
-                Ok(WatchEvent::Error(s)) if s.code == 410 => return WatchEnd::Gone,
-                Ok(WatchEvent::Error(s)) => {
-                    return WatchEnd::Failed(format!("{} ({})", s.message, s.code));
+                true
+            }
+            Event::Apply(obj) => {
+                if let Some(key) = self.upsert(kind, &to_value(&obj)) {
+                    state.known.insert(key);
                 }
-                Err(e) => return WatchEnd::Failed(e.to_string()),
+                true
+            }
+            Event::Delete(obj) => {
+                if let Some(key) = convert::key(kind, &to_value(&obj)) {
+                    state.known.remove(&key);
+                    self.forget(&[key]);
+                }
+                true
             }
         }
-        WatchEnd::Ended
+    }
+
+    /// Logs a failure of the watcher and waits as long as it asks.
+    async fn failed(&self, kind: Kind, error: &watcher::Error, delay: &mut Backoff) -> Recovery {
+        match error {
+            // Listing again is the remedy, and nothing is wrong with the server.
+            watcher::Error::WatchError(s) if s.code == 410 => {
+                info!(kind = %kind, "watch version expired (410): listing again");
+                Recovery::Poll
+            }
+            watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410 => {
+                info!(kind = %kind, "watch version expired (410): listing again");
+                Recovery::Restart
+            }
+            watcher::Error::InitialListFailed(e) => {
+                warn!(kind = %kind, error = %e, "cannot list; retrying in {:?}", delay.peek());
+                delay.wait().await;
+                Recovery::Poll
+            }
+            other => {
+                warn!(kind = %kind, error = %other, "watch failed; again in {:?}", delay.peek());
+                delay.wait().await;
+                Recovery::Poll
+            }
+        }
     }
 
     fn emit(&self, event: SourceEvent) {
@@ -278,50 +333,92 @@ impl Source {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ListError {
-    #[error(transparent)]
-    Api(#[from] kube::Error),
-    #[error("no answer within {REQUEST_TIMEOUT:?}")]
-    Timeout,
-}
-
-enum WatchEnd {
-    /// The server ended the stream (timeout, restart): watch again from the same version.
-    Ended,
-    /// 410: the version is gone; list again.
-    Gone,
-    Failed(String),
-}
-
 fn to_value(obj: &DynamicObject) -> Value {
     // A DynamicObject is plain JSON data: it always serializes.
     serde_json::to_value(obj).unwrap_or(Value::Null)
 }
 
-fn remember_version(version: &mut String, obj: &DynamicObject) {
-    if let Some(v) = &obj.metadata.resource_version {
-        version.clone_from(v);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tokio::sync::mpsc;
 
-/// Every object of the kind, page by page, and the list's resourceVersion.
-async fn list(api: &Api<DynamicObject>) -> Result<(Vec<Value>, String), ListError> {
-    let mut objects = Vec::new();
-    let mut params = ListParams::default().limit(PAGE);
-    // Later pages continue the first page's snapshot: its version is the list's.
-    let mut version = None;
-    loop {
-        let page = tokio::time::timeout(REQUEST_TIMEOUT, api.list(&params))
-            .await
-            .map_err(|_| ListError::Timeout)??;
-        let version = version
-            .get_or_insert_with(|| page.metadata.resource_version.clone().unwrap_or_default())
-            .clone();
-        objects.extend(page.items.iter().map(to_value));
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok((objects, version)),
+    fn source() -> (Arc<Source>, mpsc::UnboundedReceiver<SourceEvent>) {
+        let url = "http://127.0.0.1:1".parse().unwrap();
+        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Source::new(tx, client, None), rx)
+    }
+
+    fn app(name: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "lxdmutater.dev/v1alpha1", "kind": "Application",
+            "metadata": {"name": name, "namespace": "m", "resourceVersion": "1"},
+            "spec": {"revision": 1},
+        }))
+        .unwrap()
+    }
+
+    fn removed(rx: &mut mpsc::UnboundedReceiver<SourceEvent>) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            if let SourceEvent::Remove(key) = event {
+                names.push(key.name);
+            }
         }
+        names
+    }
+
+    #[tokio::test]
+    async fn only_a_complete_relist_removes_what_it_no_longer_has() {
+        let (source, mut rx) = source();
+        let kind = Kind::Application;
+        let mut state = KindState::default();
+        for event in [
+            Event::Init,
+            Event::InitApply(app("a")),
+            Event::InitApply(app("b")),
+            Event::InitDone,
+        ] {
+            source.apply(kind, &mut state, event);
+        }
+        assert!(removed(&mut rx).is_empty());
+
+        // A relist that fails after its first page, then one that completes without `b`.
+        for event in [Event::Init, Event::InitApply(app("a"))] {
+            source.apply(kind, &mut state, event);
+        }
+        assert!(removed(&mut rx).is_empty());
+        for event in [Event::Init, Event::InitApply(app("a")), Event::InitDone] {
+            source.apply(kind, &mut state, event);
+        }
+        assert_eq!(removed(&mut rx), ["b"]);
+
+        source.apply(kind, &mut state, Event::Delete(app("a")));
+        assert_eq!(removed(&mut rx), ["a"]);
+        source.apply(kind, &mut state, Event::Init);
+        source.apply(kind, &mut state, Event::InitDone);
+        assert!(removed(&mut rx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn loaded_once_when_every_kind_has_listed_in_full() {
+        let (source, mut rx) = source();
+        let mut states: Vec<KindState> = Kind::ALL.iter().map(|_| KindState::default()).collect();
+        // Loaded events so far, after each kind's list, over two rounds of lists.
+        let mut after_each = Vec::new();
+        let mut loaded = 0;
+        for _ in 0..2 {
+            for (kind, state) in Kind::ALL.into_iter().zip(&mut states) {
+                source.apply(kind, state, Event::Init);
+                source.apply(kind, state, Event::InitDone);
+                while let Ok(event) = rx.try_recv() {
+                    loaded += usize::from(event == SourceEvent::Loaded);
+                }
+                after_each.push(loaded);
+            }
+        }
+        assert_eq!(after_each, [0, 0, 1, 1, 1, 1]);
     }
 }

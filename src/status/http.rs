@@ -50,14 +50,34 @@ pub async fn serve<L: LxdApi>(
     axum::serve(listener, router(endpoints)).await
 }
 
-async fn metrics<L: LxdApi>(State(s): State<Arc<Shared<L>>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.telemetry.encode(),
-    )
+/// OpenMetrics for a scraper that asks for it (Prometheus does), the Prometheus text
+/// format 0.0.4 otherwise (curl, `promtool check metrics`), as the Go client negotiates.
+async fn metrics<L: LxdApi>(
+    State(s): State<Arc<Shared<L>>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.telemetry.encode(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            s.telemetry.encode_text(),
+        )
+    }
 }
 
 /// Alive: the workers are not stuck past the reconcile timeout.

@@ -437,6 +437,13 @@ struct LeaseLabel {
     name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+    rustc: String,
+}
+
 /// The leader election gauge.
 #[derive(Clone, Debug, Default)]
 pub struct LeaderStatus(Family<LeaseLabel, Gauge>);
@@ -463,6 +470,20 @@ impl Telemetry {
             "Whether this replica leads (1) or stands by (0), per lease",
             leader.0.clone(),
         );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: env!("LXD_MUTATER_REVISION").into(),
+                rustc: env!("LXD_MUTATER_RUSTC").into(),
+            })
+            .set(1);
+        registry.register(
+            "lxd_mutater_build_info",
+            "The version, git revision and compiler of this binary (always 1)",
+            build,
+        );
+        registry.register_collector(Box::new(super::process::ProcessCollector));
         Telemetry {
             registry: Arc::new(registry),
             metrics,
@@ -471,11 +492,19 @@ impl Telemetry {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The Prometheus text format (0.0.4) of every metric.
+    pub fn encode_text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }

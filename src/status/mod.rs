@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod kubernetes;
 pub mod metrics;
+pub mod process;
 pub mod report;
 
 pub use decide::{ERROR_PREFIX, Outcome, decide, spec_hash};
