@@ -51,6 +51,27 @@ pub enum Command {
     Diff(DiffArgs),
     /// Show resources and their status, as the controller last wrote it.
     Get(GetArgs),
+    /// Print a shell completion script (bash, zsh or fish) on standard output.
+    ///
+    /// bash: lxd-mutater completions bash > /etc/bash_completion.d/lxd-mutater
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the manual pages (lxd-mutater.1 and one per command, lxd-mutater-run.1, ...)
+    /// into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// The shells `completions` writes for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(clap::Args, Debug, Clone)]

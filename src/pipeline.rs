@@ -117,13 +117,13 @@ impl<L: LxdApi + Clone> Pipeline<L> {
             SourceEvent::InvalidCount(n) => {
                 self.health.set_invalid_sources(n);
                 self.metrics
-                    .set_source_errors(self.health.invalid_sources());
+                    .set_source_files_invalid(self.health.invalid_sources());
             }
             SourceEvent::Unreadable(why) => {
                 self.store.set_desired_partial(why.is_some());
                 self.health.set_unreadable(why);
                 self.metrics
-                    .set_source_errors(self.health.invalid_sources());
+                    .set_source_files_invalid(self.health.invalid_sources());
             }
             SourceEvent::Stored {
                 key,

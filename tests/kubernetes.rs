@@ -872,7 +872,7 @@ fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
     wait_until("an InvalidSpec event", Duration::from_secs(10), || {
         events("5", "InvalidSpec") == 1
     });
-    assert_eq!(ctl.metric("lxd_mutater_source_errors"), 1.0);
+    assert_eq!(ctl.metric("lxd_mutater_source_files_invalid"), 1.0);
 
     // A good object edited into a bad one keeps its last good version: LXD unchanged,
     // status unchanged, an event says why the edit is not applied.
@@ -895,7 +895,7 @@ fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
     });
     assert_eq!(events("5", "InvalidSpec"), 1);
     wait_until("one broken object left", Duration::from_secs(5), || {
-        ctl.metric("lxd_mutater_source_errors") == 1.0
+        ctl.metric("lxd_mutater_source_files_invalid") == 1.0
     });
 }
 

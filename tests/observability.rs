@@ -88,12 +88,18 @@ fn metrics_expose_every_spec_series_and_count_one_manual_drift_once() {
         "lxd_mutater_resources{controller=\"container\",phase=\"Applied\"} 1",
         "lxd_mutater_reconcile_total{controller=\"machine\",result=\"success\"}",
         "lxd_mutater_reconcile_errors_total{controller=\"machine\",category=\"reconcile_timeout\"} 0",
-        "lxd_mutater_reconcile_duration_seconds_bucket{le=",
+        "lxd_mutater_reconcile_duration_seconds_bucket{controller=\"machine\",le=",
         "lxd_mutater_reconcile_duration_seconds_count{controller=\"container\"}",
         "lxd_mutater_lxd_requests_total{method=\"GET\",code=\"200\"}",
         "lxd_mutater_lxd_requests_total{method=\"PATCH\",code=\"200\"}",
         "lxd_mutater_lxd_request_duration_seconds_count{method=\"PATCH\"}",
-        "lxd_mutater_source_errors 0",
+        "lxd_mutater_source_files_invalid 0",
+        "lxd_mutater_build_info{version=\"",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
         "workqueue_depth{name=\"lxd_mutater\"}",
         "workqueue_adds_total{name=\"lxd_mutater\"}",
         "workqueue_retries_total{name=\"lxd_mutater\"}",
@@ -232,6 +238,18 @@ fn a_real_prometheus_scrapes_the_controller_and_the_rules_use_only_real_metrics(
     );
     let scrape = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(scrape.path(), s.daemon.metrics()).unwrap();
+    // A real scrape passes promtool's lint with no complaint (names, help, types).
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(scrape.path()).unwrap())
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new("python3")
         .arg(root.join("check-metric-names.py"))
         .arg(scrape.path())

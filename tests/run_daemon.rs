@@ -54,7 +54,7 @@ fn an_edit_is_followed_and_sigterm_exits_zero() {
     wait_until(
         "the broken file to be seen",
         Duration::from_secs(10),
-        || d.metric("lxd_mutater_source_errors") == 1.0,
+        || d.metric("lxd_mutater_source_files_invalid") == 1.0,
     );
     assert_eq!(profiles("i0"), ["default", "juju-m", "juju-m-one-2"]);
     // SIGTERM: drain and exit 0.
@@ -172,7 +172,7 @@ fn a_resources_directory_moved_away_forgets_nothing_and_writes_nothing() {
             code == 503 && body.contains("partial")
         },
     );
-    assert_eq!(d.metric("lxd_mutater_source_errors"), 1.0);
+    assert_eq!(d.metric("lxd_mutater_source_files_invalid"), 1.0);
     // The periodic rescan and a resync see the same partial view: nothing changes.
     assert_eq!(std::fs::read_dir(&statuses).unwrap().count(), 2);
     assert!(lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_ok());
@@ -181,7 +181,7 @@ fn a_resources_directory_moved_away_forgets_nothing_and_writes_nothing() {
     wait_until("ready again", Duration::from_secs(40), || {
         d.get("/readyz").0 == 200
     });
-    assert_eq!(d.metric("lxd_mutater_source_errors"), 0.0);
+    assert_eq!(d.metric("lxd_mutater_source_files_invalid"), 0.0);
     assert_eq!(std::fs::read_dir(&statuses).unwrap().count(), 2);
     assert_eq!(lxd_writes(&d), writes);
 }

@@ -110,3 +110,33 @@ fn crds_output_equals_the_checked_in_file() {
             .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), have);
 }
+
+/// The completion scripts parse in their shells (bash always; zsh and fish where
+/// installed: `make test` installs them).
+#[test]
+fn completions_parse_in_bash_zsh_and_fish() {
+    for (shell, check) in [
+        ("bash", vec!["-n"]),
+        ("zsh", vec!["-n"]),
+        ("fish", vec!["--no-execute"]),
+    ] {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(script.path(), &out.stdout).unwrap();
+        let Ok(parsed) = Command::new(shell).args(&check).arg(script.path()).output() else {
+            assert_ne!(shell, "bash", "bash must be there");
+            eprintln!("{shell} is not installed: its script is not parsed");
+            continue;
+        };
+        assert!(
+            parsed.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("lxd-mutater"),
+            "{shell}"
+        );
+    }
+}

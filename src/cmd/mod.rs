@@ -4,6 +4,7 @@
 
 pub mod crds;
 pub mod diff;
+pub mod docs;
 pub mod get;
 pub mod run;
 pub mod validate;
@@ -44,6 +45,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => runtime(run::run(*args)),
         Command::Diff(args) => runtime(diff::diff(args.lxd, args.resources)),
         Command::Get(args) => get::get(args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man(&dir),
     }
 }
 

@@ -177,7 +177,7 @@ pub struct Metrics {
     reconcile_duration: Histograms<ControllerLabel>,
     lxd_requests: Family<RequestLabels, Counter>,
     lxd_duration: Histograms<MethodLabel>,
-    source_errors: Gauge,
+    source_files_invalid: Gauge,
     tracked: Mutex<Tracked>,
     lxd_answering: AtomicBool,
     lxd_requests_seen: AtomicU64,
@@ -196,7 +196,7 @@ impl Metrics {
             reconcile_duration: Family::new_with_constructor(seconds),
             lxd_requests: Family::default(),
             lxd_duration: Family::new_with_constructor(seconds),
-            source_errors: Gauge::default(),
+            source_files_invalid: Gauge::default(),
             tracked: Mutex::new(Tracked::default()),
             lxd_answering: AtomicBool::new(false),
             lxd_requests_seen: AtomicU64::new(0),
@@ -248,9 +248,9 @@ impl Metrics {
             m.lxd_duration.clone(),
         );
         r.register(
-            "lxd_mutater_source_errors",
-            "Resource files that do not parse now",
-            m.source_errors.clone(),
+            "lxd_mutater_source_files_invalid",
+            "Resource files (or objects) that do not load now, and the source itself while it cannot read its whole state",
+            m.source_files_invalid.clone(),
         );
         // Every series of a fixed label set exists from the start, at zero, so that rates
         // and alerts see it before the first event.
@@ -392,8 +392,9 @@ impl Metrics {
             .clone()
     }
 
-    pub fn set_source_errors(&self, n: usize) {
-        self.source_errors.set(i64::try_from(n).unwrap_or(i64::MAX));
+    pub fn set_source_files_invalid(&self, n: usize) {
+        self.source_files_invalid
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Whether LXD answered the last request (any HTTP status counts as an answer).
@@ -542,7 +543,7 @@ mod tests {
             "lxd_mutater_reconcile_duration_seconds_count{controller=\"machine\"} 0",
             "lxd_mutater_lxd_requests_total{method=\"GET\",code=\"200\"} 1",
             "lxd_mutater_lxd_request_duration_seconds_count{method=\"GET\"} 1",
-            "lxd_mutater_source_errors 0",
+            "lxd_mutater_source_files_invalid 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
