@@ -230,12 +230,22 @@ pub struct GetArgs {
     /// machines, containers or applications.
     #[arg(value_parser = ["machines", "containers", "applications", "machine", "container", "application"])]
     pub kind: String,
+    /// Only this resource (its name; with -n, in that namespace).
+    pub name: Option<String>,
+    /// Only this namespace (model).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
     /// Where the controller writes statuses (found as `run` finds it).
     #[arg(long, env = "LXD_MUTATER_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Output format.
-    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "yaml", "json"])]
+    /// Output format: table, wide (the table with the message, the drift count and the
+    /// last transition), yaml or json.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "yaml", "json"])]
     pub output: String,
+    /// After the listing, print a line each time a status changes (as kubectl get -w),
+    /// until interrupted.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 /// `30s`, `5m`, `1h`, `500ms`.

@@ -740,3 +740,83 @@ fn a_project_that_does_not_exist_is_named_as_such() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"no-such-project-here\""), "{err}");
 }
+
+/// `get machines --watch` prints the listing, then a line each time a status changes,
+/// within a second of the write; `-o wide` adds the drift count and the message.
+#[test]
+fn get_watch_prints_each_status_change() {
+    use std::io::BufRead;
+    let h = Harness::new();
+    h.lxd.empty_instance("i0");
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    let bin = env!("CARGO_BIN_EXE_lxd-mutater");
+    let state = h.state.path().to_str().unwrap();
+    let res = h.resources.path().to_str().unwrap();
+    let mut watch = Command::new(bin)
+        .args([
+            "get",
+            "machines",
+            "--watch",
+            "-o",
+            "wide",
+            "--state-dir",
+            state,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = watch.stdout.take().unwrap();
+    let _watch = Kill(watch);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((std::time::Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let header = rx.recv_timeout(Duration::from_secs(5)).expect("the header");
+    assert!(header.1.starts_with("NAMESPACE"), "{}", header.1);
+    assert!(
+        header.1.contains("DRIFT") && header.1.contains("MESSAGE"),
+        "{}",
+        header.1
+    );
+    let out = Command::new(bin)
+        .args(["run", "--once", "--resources", res, "--state-dir", state])
+        .args(["--lxd-project", h.lxd.name()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let written = std::time::Instant::now();
+    let applied = loop {
+        let (at, line) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a line for the change");
+        if line.contains("Applied") {
+            break (at, line);
+        }
+    };
+    assert!(applied.1.starts_with("m "), "{}", applied.1);
+    assert!(
+        applied.1.contains("default,juju-m,juju-m-one-3"),
+        "{}",
+        applied.1
+    );
+    let late = applied.0.saturating_duration_since(written);
+    eprintln!("get --watch printed the change {late:?} after run --once ended");
+    assert!(late < Duration::from_secs(1), "{late:?}");
+}
