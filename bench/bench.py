@@ -548,6 +548,47 @@ def main():
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     log("figures written to", args.json)
+    svg = os.path.join(os.path.dirname(args.json), "upgrade.svg")
+    with open(svg, "w") as f:
+        f.write(upgrade_chart(results, floor_s))
+    log("chart written to", svg)
+
+
+def upgrade_chart(results, floor_s):
+    """The upgrade comparison as an SVG bar chart: each client's time as a ratio to the
+    1-connection floor (shorter is better; the floor's line at 1.0x). No dependency: the
+    SVG is written by hand."""
+    rows = [r for r in results["rows"] if r["seconds"] is not None]
+    bar_h, gap, left, width = 22, 8, 330, 420
+    top = 46
+    height = top + len(rows) * (bar_h + gap) + 30
+    most = max(r["seconds"] / floor_s for r in rows) if rows else 1.0
+    scale = width / max(most, 1.0)
+
+    def esc(t):
+        return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 70}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">Upgrade of one application on '
+           f'{results["instances"]} instances: time / LXD&#39;s 1-connection floor (shorter is better)</text>']
+    for i, r in enumerate(rows):
+        ratio = r["seconds"] / floor_s
+        y = top + i * (bar_h + gap)
+        ours = r["what"].startswith("lxd-mutater")
+        floor = r["what"].startswith("floor")
+        colour = "#2b7bb9" if ours else ("#8c8c8c" if floor else "#e08a2e")
+        label = r["what"] if len(r["what"]) <= 48 else r["what"][:47] + "…"
+        out.append(f'<text x="{left - 8}" y="{y + bar_h - 6}" text-anchor="end">{esc(label)}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{ratio * scale:.1f}" height="{bar_h}" fill="{colour}"/>')
+        out.append(f'<text x="{left + ratio * scale + 6:.1f}" y="{y + bar_h - 6}">{ratio:.2f}x</text>')
+    x1 = left + scale
+    out.append(f'<line x1="{x1:.1f}" y1="{top - 6}" x2="{x1:.1f}" y2="{height - 24}" stroke="black" '
+               f'stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{x1:.1f}" y="{height - 8}" text-anchor="middle">1.0x = floor</text>')
+    out.append("</svg>\n")
+    return "\n".join(out)
 
 
 def report(results, floor_s):
