@@ -57,6 +57,17 @@ impl Harness {
         }
     }
 
+    /// Instance `i0`, Application `one` (revision 3, a profile) and Machine `0` on it.
+    fn one_machine() -> Harness {
+        let h = Harness::new();
+        h.lxd.empty_instance("i0");
+        h.write(
+            "r.yaml",
+            &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+        );
+        h
+    }
+
     fn write(&self, file: &str, yaml: &str) {
         std::fs::write(self.resources.path().join(file), yaml).unwrap();
     }
@@ -154,12 +165,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_sends_no_write() {
-    let h = Harness::new();
-    h.lxd.empty_instance("i0");
-    h.write(
-        "r.yaml",
-        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
-    );
+    let h = Harness::one_machine();
     h.pass().await;
     let want = strings(&["default", "juju-m", "juju-m-one-3"]);
     assert_eq!(h.profiles("i0"), want);
@@ -193,12 +199,7 @@ async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_s
 
 #[tokio::test]
 async fn removed_application_leaves_base_profiles_and_its_unused_profile_is_deleted() {
-    let h = Harness::new();
-    h.lxd.empty_instance("i0");
-    h.write(
-        "r.yaml",
-        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
-    );
+    let h = Harness::one_machine();
     h.pass().await;
     h.write(
         "r.yaml",
@@ -384,12 +385,7 @@ async fn missing_instance_or_rejected_profile_is_an_error_and_the_others_converg
 
 #[tokio::test]
 async fn manual_drift_is_corrected_and_counted_and_dry_run_only_reports_it() {
-    let h = Harness::new();
-    h.lxd.empty_instance("i0");
-    h.write(
-        "r.yaml",
-        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
-    );
+    let h = Harness::one_machine();
     h.pass().await;
     let want = strings(&["default", "juju-m", "juju-m-one-3"]);
 
@@ -604,12 +600,7 @@ async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched
 /// The binary's `--once` and `diff` exit codes, and `get`.
 #[test]
 fn once_and_diff_exit_codes_through_the_binary() {
-    let h = Harness::new();
-    h.lxd.empty_instance("i0");
-    h.write(
-        "r.yaml",
-        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
-    );
+    let h = Harness::one_machine();
     let bin = env!("CARGO_BIN_EXE_lxd-mutater");
     let res = h.resources.path().to_str().unwrap();
     let diff = || {
@@ -746,12 +737,7 @@ fn a_project_that_does_not_exist_is_named_as_such() {
 #[test]
 fn get_watch_prints_each_status_change() {
     use std::io::BufRead;
-    let h = Harness::new();
-    h.lxd.empty_instance("i0");
-    h.write(
-        "r.yaml",
-        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
-    );
+    let h = Harness::one_machine();
     let bin = env!("CARGO_BIN_EXE_lxd-mutater");
     let state = h.state.path().to_str().unwrap();
     let res = h.resources.path().to_str().unwrap();
