@@ -214,7 +214,11 @@ const CORPUS: &[Case] = &[
     ),
     // Revisions.
     case("revision-negative.yaml", "6:13", REVISION),
-    case("revision-huge.yaml", "6:13", REVISION),
+    case(
+        "revision-huge.yaml",
+        "6:13",
+        "revision is too large: at most",
+    ),
     case("revision-empty.yaml", "6:11", "not empty"),
     // Names that would walk out of a path, smuggle a query, or not fit.
     case(
@@ -372,21 +376,41 @@ const CORPUS: &[Case] = &[
         run: Run::Duplicate,
     },
     // Amplification and depth.
-    case("alias-bomb.yaml", "7:8", "alias replay limit exceeded"),
+    case(
+        "alias-bomb.yaml",
+        "7:8",
+        "aliases expand to more than a resource file can hold",
+    ),
     case(
         "alias-bomb-in-resource.yaml",
         "15:15",
-        "alias replay limit exceeded",
+        "aliases expand to more than a resource file can hold",
     ),
-    case("alias-scalar-amplification.yaml", "18:16", "ScalarBytes"),
-    case("deep-33-levels.yaml", "8:47", "Depth { depth: 33 }"),
+    case(
+        "alias-scalar-amplification.yaml",
+        "18:16",
+        "bytes of text once aliases are expanded",
+    ),
+    case(
+        "deep-33-levels.yaml",
+        "8:47",
+        "nested deeper than 32 levels",
+    ),
     case(
         "deep-20k-flow-seq.yaml",
         "7:273",
         "recursion limit exceeded",
     ),
-    case("deep-20k-flow-map.yaml", "7:134", "Depth { depth: 33 }"),
-    case("deep-20k-block-seq.yaml", "8:65", "Depth { depth: 33 }"),
+    case(
+        "deep-20k-flow-map.yaml",
+        "7:134",
+        "nested deeper than 32 levels",
+    ),
+    case(
+        "deep-20k-block-seq.yaml",
+        "8:65",
+        "nested deeper than 32 levels",
+    ),
     case(
         "deep-20k-unclosed.yaml",
         "7:273",
@@ -673,6 +697,21 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// The profiles of the project, sorted.
+fn profile_names(lxd: &TestProject) -> Vec<String> {
+    let json = lxd
+        .query("GET", "/1.0/profiles", None)
+        .expect("the profiles");
+    let urls: Vec<String> = serde_json::from_str(&json).expect("a list");
+    let mut names: Vec<String> = urls
+        .iter()
+        .filter_map(|u| u.split('?').next()?.rsplit('/').next())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
 /// A status file of the state directory, as text ("" while there is none).
 fn status_file(state: &Path, namespace: &str, name: &str) -> String {
     std::fs::read_to_string(
@@ -776,10 +815,11 @@ fn hostile_files_beside_a_good_one_cost_no_lxd_write_no_crash_and_little_memory(
     .into();
     assert_eq!(writes, want, "{}", show_log("LXD writes"));
     assert_eq!(lxd.instance_profiles("i1"), ["default"]);
-    let profiles = lxd.lxc(&["profile", "list", "--format", "csv", "-c", "n"]);
-    let mut profiles: Vec<&str> = profiles.lines().collect();
-    profiles.sort_unstable();
-    assert_eq!(profiles, ONE);
+    assert_eq!(
+        profile_names(&lxd),
+        ONE,
+        "no profile for a hostile resource"
+    );
 
     // Alive, healthy, ready, and small, with an 8 GB file in its directory.
     assert!(
@@ -793,6 +833,184 @@ fn hostile_files_beside_a_good_one_cost_no_lxd_write_no_crash_and_little_memory(
     assert!(rss < 200 << 20, "peak RSS {} MB", rss >> 20);
     assert!(!log_text().contains("panicked"), "{}", show_log("a panic"));
     eprintln!("peak RSS {} MB", rss >> 20);
+}
+
+/// The non-GET requests of `after` that `before` had not counted yet.
+fn new_writes(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+) -> BTreeMap<(String, String), f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+#[test]
+fn a_profile_lxd_refuses_is_reported_in_lxds_words_and_changes_nothing() {
+    let lxd = TestProject::new();
+    lxd.empty_instance("i0");
+    lxd.empty_instance("i1");
+    let res = tempfile::tempdir().expect("a temp dir");
+    let state = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(res.path().join(GOOD_FILE), GOOD).expect("the good file");
+    let args = [
+        "--resources",
+        &res.path().display().to_string(),
+        "--state-dir",
+        &state.path().display().to_string(),
+        "--resync",
+        "1h",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::run(&lxd, &args, &[], None);
+    wait_until("i0 to converge", Duration::from_secs(30), || {
+        lxd.instance_profiles("i0") == ONE
+    });
+    let before = lxd_writes(&daemon.metrics());
+
+    // Well-formed, within Juju's rules, and a value LXD will never take.
+    std::fs::write(
+        res.path().join("lxd-refuses.yaml"),
+        format!(
+            "apiVersion: {API}\nkind: Application\nmetadata: {{name: refused, namespace: m}}\nspec: {{revision: 1, lxdProfile: {{config: {{security.nesting: maybe}}}}}}\n---\napiVersion: {API}\nkind: Machine\nmetadata: {{name: \"1\", namespace: m}}\nspec: {{instance: i1, applications: [refused]}}\n"
+        ),
+    )
+    .expect("a resource file");
+    wait_until("Machine 1 in Error", Duration::from_secs(10), || {
+        status_file(state.path(), "m", "1").contains("phase: Error")
+    });
+    let status = status_file(state.path(), "m", "1");
+    assert!(
+        status.contains(
+            r#"message: "cannot upgrade machine's lxd profile: Invalid value for a boolean \"maybe\"""#
+        ),
+        "{status}"
+    );
+    // LXD refused the profile (400); nothing was written, the instance was not touched.
+    let writes = new_writes(&before, &lxd_writes(&daemon.metrics()));
+    assert_eq!(
+        writes.keys().collect::<Vec<_>>(),
+        [&("POST".to_string(), "400".to_string())],
+        "{writes:?}"
+    );
+    assert_eq!(lxd.instance_profiles("i1"), ["default"]);
+    assert_eq!(profile_names(&lxd), ONE);
+    assert_eq!(lxd.instance_profiles("i0"), ONE);
+}
+
+#[test]
+fn a_name_that_validates_is_one_the_controller_can_use() {
+    let lxd = TestProject::new();
+    for i in ["i0", "i1", "i2"] {
+        lxd.empty_instance(i);
+    }
+    let res = tempfile::tempdir().expect("a temp dir");
+    let state = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(res.path().join(GOOD_FILE), GOOD).expect("the good file");
+    let machine = |name: &str, instance: &str, app: &str| {
+        format!(
+            "apiVersion: {API}\nkind: Machine\nmetadata: {{name: \"{name}\", namespace: m}}\nspec: {{instance: {instance}, applications: [{app}]}}\n"
+        )
+    };
+    let long_machine = "n".repeat(250);
+    let long_app = "a".repeat(250);
+    let files = [
+        (
+            "long-machine-name.yaml",
+            machine(&long_machine, "i1", "one"),
+            long_machine.clone(),
+        ),
+        (
+            "long-application-name.yaml",
+            format!(
+                "apiVersion: {API}\nkind: Application\nmetadata: {{name: {long_app}, namespace: m}}\nspec: {{revision: 1, lxdProfile: {{config: {{security.nesting: \"true\"}}}}}}\n---\n{}",
+                machine("2", "i2", &long_app)
+            ),
+            "2".to_string(),
+        ),
+    ];
+    let mut accepted = Vec::new();
+    for (file, text, machine) in &files {
+        let path = res.path().join(file);
+        std::fs::write(&path, text).expect("a resource file");
+        let out = bin()
+            .arg("validate")
+            .arg(res.path().join(GOOD_FILE))
+            .arg(&path)
+            .output()
+            .expect("validate");
+        match out.status.code() {
+            Some(0) => accepted.push((*file, machine.clone())),
+            Some(1) => {}
+            other => panic!("{file}: validate exited {other:?}"),
+        }
+    }
+    // What validate accepts, run applies.
+    let args = [
+        "--resources",
+        &res.path().display().to_string(),
+        "--state-dir",
+        &state.path().display().to_string(),
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _daemon = Daemon::run(&lxd, &args, &[], None);
+    wait_until("i0 to converge", Duration::from_secs(30), || {
+        lxd.instance_profiles("i0") == ONE
+    });
+    let applied =
+        |machine: &str| status_file(state.path(), "m", machine).contains("phase: Applied");
+    let all = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            "the Machines to be Applied",
+            Duration::from_secs(10),
+            || accepted.iter().all(|(_, m)| applied(m)),
+        )
+    }));
+    if all.is_err() {
+        let not: Vec<String> = accepted
+            .iter()
+            .filter(|(_, m)| !applied(m))
+            .map(|(file, m)| {
+                let status = status_file(state.path(), "m", m);
+                let message = status
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("message: \"cannot"))
+                    .unwrap_or("no status file");
+                format!("{file}: validate accepts it, but its Machine is not Applied: {message}")
+            })
+            .collect();
+        panic!("{not:#?}");
+    }
+}
+
+#[test]
+fn a_refusal_never_shows_library_internals_or_misquotes_the_input() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    corpus(dir.path());
+    let out = bin()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut bad: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            let debug_struct = l.contains(" { ") && l.contains(" }");
+            let unbalanced = l.matches('(').count() != l.matches(')').count();
+            debug_struct || unbalanced
+        })
+        .collect();
+    bad.extend(
+        stdout
+            .lines()
+            .filter(|l| l.contains("revision-huge.yaml") && l.contains("1000000000000000")),
+    );
+    assert!(bad.is_empty(), "{bad:#?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -881,7 +1099,6 @@ fn k8s_cases() -> Vec<K8sCase> {
         spec,
         field,
     };
-    let huge = "x".repeat(512 * 1024);
     vec![
         // Bad names in spec.instance.
         k(
@@ -912,12 +1129,6 @@ fn k8s_cases() -> Vec<K8sCase> {
             "Machine",
             "inst-number",
             json!({"instance": 12}),
-            "spec.instance",
-        ),
-        k(
-            "Machine",
-            "inst-huge",
-            json!({"instance": format!("i{huge}")}),
             "spec.instance",
         ),
         // Wrong types.
@@ -969,14 +1180,6 @@ fn k8s_cases() -> Vec<K8sCase> {
             json!({"instance": "c9"}),
             "spec.machine",
         ),
-        // Deep nesting the API server stores (it allows 10000 levels), under a field the
-        // CRD schema preserves.
-        k(
-            "Machine",
-            "deep",
-            json!({"instance": "i9", "applications": [nested(100)]}),
-            "spec.applications",
-        ),
         // Applications (no status: an Event says why).
         k(
             "Application",
@@ -994,7 +1197,7 @@ fn k8s_cases() -> Vec<K8sCase> {
             "Application",
             "rev-missing",
             json!({"charm": "x"}),
-            "revision",
+            "spec: missing field `revision`",
         ),
         k(
             "Application",
@@ -1011,12 +1214,6 @@ fn k8s_cases() -> Vec<K8sCase> {
         ),
         k(
             "Application",
-            "config-deep",
-            json!({"revision": 1, "lxdProfile": {"config": {"security.nesting": nested(100)}}}),
-            "spec.lxdProfile.config.security.nesting",
-        ),
-        k(
-            "Application",
             "empty-device",
             json!({"revision": 1, "lxdProfile": {"devices": {"kmsg": {}}}}),
             "spec.lxdProfile.devices.kmsg",
@@ -1024,102 +1221,162 @@ fn k8s_cases() -> Vec<K8sCase> {
     ]
 }
 
+/// A controller with `--source kubernetes` on a fresh LXD project (empty instances `i0`
+/// and `i1`) and a fake API server holding the good Application `one` and Machine `0`
+/// (on `i0`), plus `objects`. Its log is shown when the test fails.
+struct K8s {
+    lxd: TestProject,
+    cluster: Cluster,
+    daemon: Daemon,
+    log: PathBuf,
+}
+
+impl K8s {
+    fn start(objects: Vec<Value>) -> K8s {
+        let lxd = TestProject::new();
+        lxd.empty_instance("i0");
+        lxd.empty_instance("i1");
+        let cluster = Cluster::new();
+        cluster.create(object(
+            "Application",
+            "one",
+            json!({"revision": 1, "lxdProfile": {"config": {"security.nesting": true}}}),
+        ));
+        cluster.create(object(
+            "Machine",
+            "0",
+            json!({"instance": "i0", "applications": ["one"]}),
+        ));
+        for o in objects {
+            cluster.create(o);
+        }
+        let log = cluster.dir.path().join("ctl.log");
+        let kubeconfig = cluster.dir.path().join("kubeconfig");
+        let daemon = Daemon::run(
+            &lxd,
+            &["--source", "kubernetes", "--resync", "1h"],
+            &[("KUBECONFIG", kubeconfig.as_path())],
+            Some(&log),
+        );
+        K8s {
+            lxd,
+            cluster,
+            daemon,
+            log,
+        }
+    }
+
+    fn converged(&self) {
+        wait_until("i0 to converge", Duration::from_secs(30), || {
+            self.lxd.instance_profiles("i0") == ONE
+        });
+        wait_until("Machine 0 Applied", Duration::from_secs(10), || {
+            self.cluster.status("machines", "0")["phase"] == "Applied"
+        });
+    }
+
+    /// The LXD writes are the good Machine's, and the controller is alive.
+    fn only_the_good_machine_wrote(&mut self) {
+        let writes = lxd_writes(&self.daemon.metrics());
+        let want: BTreeMap<(String, String), f64> = [
+            (("PATCH".to_string(), "200".to_string()), 1.0),
+            (("POST".to_string(), "201".to_string()), 2.0),
+        ]
+        .into();
+        assert_eq!(writes, want, "LXD writes");
+        assert_eq!(self.lxd.instance_profiles("i1"), ["default"]);
+        assert_eq!(profile_names(&self.lxd), ONE);
+        assert!(
+            self.daemon.child.try_wait().expect("try_wait").is_none(),
+            "the controller exited"
+        );
+        assert_eq!(self.daemon.get("/healthz").0, 200);
+    }
+}
+
+impl Drop for K8s {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- {} (last lines) ---", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{}", short(l));
+            }
+        }
+    }
+}
+
+/// What the Error message and the InvalidSpec event of an object that does not load
+/// start with.
+fn invalid_spec(field: &str) -> String {
+    format!("cannot upgrade machine's lxd profile: invalid spec: {field}")
+}
+
+fn plural(kind: &str) -> &'static str {
+    match kind {
+        "Application" => "applications",
+        "Machine" => "machines",
+        _ => "containers",
+    }
+}
+
 #[test]
 fn hostile_kubernetes_objects_say_why_and_cost_no_lxd_write() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    lxd.empty_instance("i1");
-    let cluster = Cluster::new();
-    cluster.create(object(
-        "Application",
-        "one",
-        json!({"revision": 1, "lxdProfile": {"config": {"security.nesting": true}}}),
-    ));
-    cluster.create(object(
-        "Machine",
-        "0",
-        json!({"instance": "i0", "applications": ["one"]}),
-    ));
     let cases = k8s_cases();
-    for c in &cases {
-        cluster.create(object(c.kind, c.name, c.spec.clone()));
-    }
+    let mut objects: Vec<Value> = cases
+        .iter()
+        .map(|c| object(c.kind, c.name, c.spec.clone()))
+        .collect();
     // Juju's rules: the Application loads, the Machine that runs it says why.
-    cluster.create(object(
+    objects.push(object(
         "Application",
         "mounts-host",
-        json!({"revision": 1, "lxdProfile": {"devices": {"data": {"type": "disk", "source": "/", "path": "/mnt"}},
+        json!({"revision": 1, "lxdProfile": {
+            "devices": {"data": {"type": "disk", "source": "/", "path": "/mnt"}},
             "config": {"limits.cpu": 2}}}),
     ));
-    cluster.create(object(
+    objects.push(object(
         "Machine",
         "runs-disk",
         json!({"instance": "i1", "applications": ["mounts-host"]}),
     ));
+    let mut k = K8s::start(objects);
+    k.converged();
 
-    let log = cluster.dir.path().join("ctl.log");
-    let kubeconfig = cluster.dir.path().join("kubeconfig");
-    let mut daemon = Daemon::run(
-        &lxd,
-        &["--source", "kubernetes", "--resync", "1h"],
-        &[("KUBECONFIG", kubeconfig.as_path())],
-        Some(&log),
-    );
-    let show_log = |what: &str| {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("{what}\n--- log (tail) ---\n{}", tail.join("\n"))
-    };
-
-    wait_until("i0 to converge", Duration::from_secs(30), || {
-        lxd.instance_profiles("i0") == ONE
-    });
-    wait_until("Machine 0 Applied", Duration::from_secs(10), || {
-        cluster.status("machines", "0")["phase"] == "Applied"
-    });
-
+    let cluster = &k.cluster;
     let mut failures = Vec::new();
     for c in &cases {
-        let plural = match c.kind {
-            "Application" => "applications",
-            "Machine" => "machines",
-            _ => "containers",
+        let says = invalid_spec(c.field);
+        let told = || {
+            !cluster.events(c.name, "InvalidSpec").is_empty()
+                && (c.kind == "Application"
+                    || cluster.status(plural(c.kind), c.name)["phase"] == "Error")
         };
-        let says = format!(
-            "cannot upgrade machine's lxd profile: invalid spec: {}",
-            c.field
-        );
-        let events = || cluster.events(c.name, "InvalidSpec");
-        let ok = || {
+        let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_until(
-                &format!("an InvalidSpec event on {}", c.name),
+                &format!("{} to be told", c.name),
                 Duration::from_secs(10),
-                || !events().is_empty(),
-            );
-            if c.kind != "Application" {
-                wait_until(
-                    &format!("{} in Error", c.name),
-                    Duration::from_secs(10),
-                    || cluster.status(plural, c.name)["phase"] == "Error",
-                );
-            }
-        };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(ok)).is_err() {
-            failures.push(format!("{} {}: no InvalidSpec", c.kind, c.name));
+                told,
+            )
+        }));
+        if told.is_err() {
+            failures.push(format!(
+                "{} {}: no InvalidSpec Event or Error",
+                c.kind, c.name
+            ));
             continue;
         }
-        let events = events();
-        if events.len() != 1 || !events[0].contains(&says) {
+        let events = cluster.events(c.name, "InvalidSpec");
+        if events.len() != 1 || !events[0].starts_with(&says) {
+            let events: Vec<String> = events.iter().map(|e| short(e)).collect();
             failures.push(format!(
-                "{} {}: events {:?}, wanted one with {says:?}",
-                c.kind,
-                c.name,
-                events.iter().map(|e| short(e)).collect::<Vec<_>>()
+                "{} {}: events {events:?}, wanted one with {says:?}",
+                c.kind, c.name
             ));
         }
         if c.kind != "Application" {
-            let status = cluster.status(plural, c.name);
+            let status = cluster.status(plural(c.kind), c.name);
             let message = status["message"].as_str().unwrap_or("");
             if !message.starts_with(&says) {
                 failures.push(format!(
@@ -1131,38 +1388,105 @@ fn hostile_kubernetes_objects_say_why_and_cost_no_lxd_write() {
             }
         }
     }
-    assert!(failures.is_empty(), "{}", show_log(&failures.join("\n")));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     wait_until(
         "the Machine running a forbidden profile in Error",
         Duration::from_secs(10),
         || cluster.status("machines", "runs-disk")["phase"] == "Error",
     );
-    let message = cluster.status("machines", "runs-disk")["message"].clone();
+    // All violations, sorted (SPEC §4).
     assert_eq!(
-        message,
-        "cannot upgrade machine's lxd profile: application \"mounts-host\": invalid lxd-profile: contains device type \"disk\"; invalid lxd-profile: contains config value \"limits.cpu\""
+        cluster.status("machines", "runs-disk")["message"],
+        "cannot upgrade machine's lxd profile: application \"mounts-host\": invalid lxd-profile: contains config value \"limits.cpu\"; invalid lxd-profile: contains device type \"disk\""
     );
 
     // The broken objects are counted; LXD saw only the good Machine's writes.
     let broken = cases.len() as f64;
     wait_until("the source gauge", Duration::from_secs(10), || {
-        files_invalid(&daemon.metrics()) == Some(broken)
+        files_invalid(&k.daemon.metrics()) == Some(broken)
     });
-    let writes = lxd_writes(&daemon.metrics());
-    let want: BTreeMap<(String, String), f64> = [
-        (("PATCH".to_string(), "200".to_string()), 1.0),
-        (("POST".to_string(), "201".to_string()), 2.0),
-    ]
-    .into();
-    assert_eq!(writes, want, "{}", show_log("LXD writes"));
-    assert_eq!(lxd.instance_profiles("i1"), ["default"]);
-    assert!(
-        daemon.child.try_wait().expect("try_wait").is_none(),
-        "{}",
-        show_log("the controller exited")
+    k.only_the_good_machine_wrote();
+}
+
+/// An Application whose LXD config value is `depth` JSON arrays deep: a real API server
+/// stores it (it allows 10000 levels, and the CRD preserves any value there).
+fn deep_application(name: &str, depth: usize) -> Value {
+    object(
+        "Application",
+        name,
+        json!({"revision": 1, "lxdProfile": {"config": {"security.nesting": nested(depth)}}}),
+    )
+}
+
+#[test]
+#[ignore = "product bug: one Application nested 200 deep (an API server accepts 10000) makes \
+            every list of Applications fail to decode (serde_json's recursion limit of 128 \
+            in the kube client), so no Application loads and no Machine ever converges"]
+fn one_deeply_nested_object_does_not_stop_its_whole_kind_from_loading() {
+    let mut k = K8s::start(vec![deep_application("deep", 200)]);
+    k.converged();
+    wait_until(
+        "an InvalidSpec event on the deep Application",
+        Duration::from_secs(10),
+        || !k.cluster.events("deep", "InvalidSpec").is_empty(),
     );
-    assert_eq!(daemon.get("/healthz").0, 200);
+    k.only_the_good_machine_wrote();
+}
+
+#[test]
+#[ignore = "product bug: an object nested past the cap of 32 is refused as `invalid spec: \
+            budget breached: Depth { depth: 33 }`, which names no field (Kubernetes \
+            messages drop the line and column) and is the YAML library's Debug text"]
+fn an_object_nested_too_deep_is_refused_naming_its_field() {
+    let k = K8s::start(vec![deep_application("deep", 100)]);
+    k.converged();
+    wait_until("an InvalidSpec event", Duration::from_secs(10), || {
+        !k.cluster.events("deep", "InvalidSpec").is_empty()
+    });
+    let events = k.cluster.events("deep", "InvalidSpec");
+    assert!(
+        events[0].starts_with(&invalid_spec("spec.lxdProfile.config.security.nesting")),
+        "{events:?}"
+    );
+    assert!(!events[0].contains('{'), "{events:?}");
+}
+
+/// metav1.Condition caps `message` at 32768 bytes; an API server refuses an object
+/// (spec and status together) past about 1.5 MiB.
+const MAX_MESSAGE: usize = 32 * 1024;
+
+#[test]
+#[ignore = "product bug: a 512 KiB string in spec.instance is echoed whole into \
+            status.message, the Ready condition and the InvalidSpec Event (1 MiB of status \
+            on a 512 KiB object: past what an API server stores)"]
+fn a_huge_string_in_a_spec_is_not_echoed_whole_into_status_and_events() {
+    let huge = format!("i{}", "x".repeat(512 * 1024));
+    let k = K8s::start(vec![object("Machine", "huge", json!({"instance": huge}))]);
+    k.converged();
+    wait_until("machine huge in Error", Duration::from_secs(10), || {
+        k.cluster.status("machines", "huge")["phase"] == "Error"
+    });
+    let status = k.cluster.status("machines", "huge");
+    let message = status["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with(&invalid_spec("spec.instance")),
+        "{}",
+        short(message)
+    );
+    assert!(
+        message.len() <= MAX_MESSAGE,
+        "status.message: {} bytes",
+        message.len()
+    );
+    let size = status.to_string().len();
+    assert!(size <= 2 * MAX_MESSAGE + 4096, "status: {size} bytes");
+    wait_until("an InvalidSpec event", Duration::from_secs(10), || {
+        !k.cluster.events("huge", "InvalidSpec").is_empty()
+    });
+    for e in k.cluster.events("huge", "InvalidSpec") {
+        assert!(e.len() <= MAX_MESSAGE, "event: {} bytes", e.len());
+    }
 }
 
 /// A message cut to a length that fits an assertion message.
@@ -1173,25 +1497,4 @@ fn short(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-#[test]
-fn zz_probe() {
-    let lxd = TestProject::new();
-    lxd.empty_instance("i0");
-    let cluster = Cluster::new();
-    cluster.create(object("Application", "one", json!({"revision": 1, "lxdProfile": {"config": {"security.nesting": true}}})));
-    cluster.create(object("Machine", "0", json!({"instance": "i0", "applications": ["one"]})));
-    cluster.create(object("Application", "deep200", json!({"revision": 1, "lxdProfile": {"config": {"security.nesting": nested(200)}}})));
-    cluster.create(object("Machine", "huge", json!({"instance": format!("i{}", "x".repeat(512*1024))})));
-    let log = cluster.dir.path().join("ctl.log");
-    let kubeconfig = cluster.dir.path().join("kubeconfig");
-    let _daemon = Daemon::run(&lxd, &["--source", "kubernetes", "--resync", "1h"], &[("KUBECONFIG", kubeconfig.as_path())], Some(&log));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until("i0", Duration::from_secs(20), || lxd.instance_profiles("i0") == ONE)));
-    eprintln!("converged: {}", r.is_ok());
-    let st = cluster.status("machines", "huge");
-    eprintln!("huge status bytes: {}", st.to_string().len());
-    for e in cluster.api.list("v1", "events", Some(NS)) { eprintln!("event {} {} {}", e["involvedObject"]["name"], e["reason"], e["message"].as_str().unwrap_or("").len()); }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    for l in text.lines().take(30) { eprintln!("{}", short(l)); }
 }

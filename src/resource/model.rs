@@ -345,6 +345,14 @@ fn revision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
                 .map_err(|_| E::custom(format!("revision must be an integer >= 0, not {v}")))
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // A whole number past u64 arrives as a float: printing the float would
+            // misquote it (99999999999999999999999 reads back as 1e23).
+            if v.is_finite() && v.fract() == 0.0 && v >= 0.0 {
+                return Err(E::custom(format!(
+                    "revision is too large: at most {}",
+                    u64::MAX
+                )));
+            }
             Err(E::custom(format!(
                 "revision must be an integer >= 0, not {v}"
             )))

@@ -354,12 +354,41 @@ where
 /// serde-saphyr's message without its `error: line L column C: ` prefix (the position is
 /// ours to print).
 fn yaml_message(e: &serde_saphyr::Error) -> String {
-    // The library's own words here are advice to its API's users; say it to a user.
-    if let serde_saphyr::Error::DuplicateMappingKey { key, .. } = e.without_snippet() {
-        return match key {
-            Some(k) => format!("the key {k:?} appears twice in this mapping"),
-            None => "a key appears twice in this mapping".into(),
-        };
+    // Where the library's own words are advice to its API's users, or its Debug output,
+    // say it to a user instead.
+    let mut inner = e;
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    match inner {
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
+            return match key {
+                Some(k) => format!("the key {k:?} appears twice in this mapping"),
+                None => "a key appears twice in this mapping".into(),
+            };
+        }
+        serde_saphyr::Error::Budget { breach, .. } => {
+            use serde_saphyr::budget::BudgetBreach as B;
+            return match breach {
+                B::Depth { .. } => format!("nested deeper than {MAX_DEPTH} levels: refused"),
+                B::ScalarBytes { .. } => format!(
+                    "more than {MAX_FILE_BYTES} bytes of text once aliases are expanded: refused"
+                ),
+                B::Aliases { .. } | B::Anchors { .. } => {
+                    "more aliases or anchors than a resource file needs: refused".into()
+                }
+                _ => "larger than a resource file can be (YAML nodes or events): refused".into(),
+            };
+        }
+        serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayCounterOverflow { .. }
+        | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => {
+            return "aliases expand to more than a resource file can hold (an alias bomb?): refused"
+                .into();
+        }
+        _ => {}
     }
     let text = e.without_snippet().to_string();
     let text = text.strip_prefix("error: ").unwrap_or(&text);

@@ -62,6 +62,15 @@ pub fn check(resource: &Resource) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Err(e) = check_resource_name("name", &meta.name) {
         out.push(Violation::invalid(&["metadata", "name"], e));
+    } else if meta.name.len() > MAX_NAME_BYTES {
+        // Its status file `<name>.yaml.tmp` must fit a file name (255 bytes).
+        out.push(Violation::invalid(
+            &["metadata", "name"],
+            format!(
+                "name is {} bytes long, more than {MAX_NAME_BYTES}",
+                meta.name.len()
+            ),
+        ));
     }
     if let Err(e) = check_resource_name("namespace", &meta.namespace) {
         out.push(Violation::invalid(&["metadata", "namespace"], e));
@@ -96,7 +105,27 @@ pub fn check(resource: &Resource) -> Vec<Violation> {
     out
 }
 
+/// The longest resource name: its status file, `<name>.yaml.tmp`, fits a file name.
+pub const MAX_NAME_BYTES: usize = 200;
+
 fn check_application(a: &Application, out: &mut Vec<Violation>) {
+    // The charm profile's name (with the default template) must be one LXD accepts.
+    let profile = super::names::ProfileNames::default().charm_profile(
+        &a.metadata.namespace,
+        &a.metadata.name,
+        a.spec.revision,
+    );
+    if a.metadata.name.len() <= MAX_NAME_BYTES
+        && let Err(e) = check_profile_name(&profile)
+    {
+        out.push(Violation::invalid(
+            &["metadata", "name"],
+            format!(
+                "{}: shorten the application or namespace name",
+                e.replacen("profile name", "its charm profile name", 1)
+            ),
+        ));
+    }
     let Some(profile) = &a.spec.lxd_profile else {
         return;
     };
