@@ -13,6 +13,22 @@ pub const ERROR_PREFIX: &str = "cannot upgrade machine's lxd profile: ";
 pub const READY: &str = "Ready";
 /// The `Ready` reason of an object that does not load (its own Event says why).
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// The longest message a status (or an Event) carries: a hostile spec's value echoed in
+/// an error must not make a status larger than an API server takes (a condition's
+/// message is capped at 32 KiB there).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `message`, cut to `MAX_MESSAGE_BYTES` on a character boundary, saying so.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes, cut)", &message[..end], message.len())
+}
 
 /// What one reconcile found, typed: the status stage words it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +154,7 @@ pub fn decide(
     now: &str,
 ) -> Decided {
     let (phase, message) = outcome.words();
+    let message = bounded(message);
     let last_transition_time = match prev {
         Some(p) if p.phase == phase => p.last_transition_time.clone(),
         _ => Some(now.to_string()),
@@ -148,7 +165,7 @@ pub fn decide(
         let record = drift.get_or_insert_with(DriftStatus::default);
         record.count += 1;
         record.last_detected = Some(now.to_string());
-        record.last = d.clone();
+        record.last = bounded(d.clone());
     }
     let drifted = match phase {
         Phase::Drifted => true,
@@ -319,6 +336,28 @@ mod tests {
         assert!(!is_invalid_spec(
             &decide(None, &failed(), 1, false, "t").status
         ));
+    }
+
+    #[test]
+    fn a_huge_message_is_cut_on_a_character_boundary() {
+        let s = decide(
+            None,
+            &Outcome::InvalidSpec("é".repeat(300_000)),
+            1,
+            false,
+            "t",
+        )
+        .status;
+        assert!(
+            s.message.len() < MAX_MESSAGE_BYTES + 100,
+            "{}",
+            s.message.len()
+        );
+        assert!(
+            s.message.ends_with("(600050 bytes, cut)"),
+            "{} bytes",
+            s.message.len()
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::leader::WriteFence;
 use crate::resource::{Phase, ResourceKey, Status};
 
 use super::StatusStore;
-use super::decide::{ERROR_PREFIX, is_invalid_spec};
+use super::decide::{ERROR_PREFIX, bounded, is_invalid_spec};
 
 /// Retry delays of a status patch that failed.
 const RETRY: BackoffConfig = BackoffConfig {
@@ -189,7 +189,7 @@ impl KubeStatus {
         let _ = self.tx.send(Job::Event {
             key: key.clone(),
             reason: "InvalidSpec",
-            message: format!("{ERROR_PREFIX}invalid spec: {message}"),
+            message: bounded(format!("{ERROR_PREFIX}invalid spec: {message}")),
         });
     }
 }
