@@ -134,6 +134,8 @@ pub struct DiffArgs {
     pub lxd: LxdArgs,
 }
 
+pub use crate::reconcile::Flavour;
+
 /// Where desired state comes from.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
@@ -213,7 +215,13 @@ pub struct RunArgs {
     /// not).
     #[arg(long, env = "LXD_MUTATER_ONCE")]
     pub once: bool,
-    /// Container controller only: take the containers whose spec.machine is NAME.
+    /// Which of Juju's two workers this process is: environ (the model's Machines, through
+    /// the model's LXD), container (the Containers of one host, through that host's LXD;
+    /// needs --machine), or all (both: the demo and small setups).
+    #[arg(long, env = "LXD_MUTATER_FLAVOUR", value_enum, default_value = "all")]
+    pub flavour: Flavour,
+    /// The host machine whose Containers this process takes (spec.machine == NAME);
+    /// required with --flavour container.
     #[arg(long, env = "LXD_MUTATER_MACHINE", value_name = "NAME")]
     pub machine: Option<String>,
     /// Log format.

@@ -140,3 +140,23 @@ fn completions_parse_in_bash_zsh_and_fish() {
         );
     }
 }
+
+#[test]
+fn a_container_controller_needs_its_host_machine() {
+    let out = bin()
+        .args([
+            "run",
+            "--flavour",
+            "container",
+            "--resources",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--flavour container needs --machine NAME"),
+        "{err}"
+    );
+}

@@ -36,6 +36,11 @@ const RETRY: BackoffConfig = BackoffConfig {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     super::init_logs(&args.log_format, &args.log_level);
+    anyhow::ensure!(
+        args.flavour != crate::reconcile::Flavour::Container || args.machine.is_some(),
+        "--flavour container needs --machine NAME: the host machine whose Containers this \
+         process takes (Juju runs one container controller on each host)"
+    );
     match args.source {
         SourceKind::Files => run_files(args).await,
         SourceKind::Kubernetes => run_kubernetes(args).await,
@@ -44,6 +49,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn options(args: &RunArgs, names: ProfileNames) -> Options {
     Options {
+        flavour: args.flavour,
         machine: args.machine.clone(),
         workers: args.workers,
         resync: args.resync,

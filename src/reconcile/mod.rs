@@ -16,7 +16,7 @@ pub mod worker;
 pub use collect::{Cleanup, collect};
 pub use expected::{ExpectedProfiles, expected_profiles};
 pub use plan::{Decision, Plan, Step, plan};
-pub use worker::{Options, ReconcileError, WorkKey, Worker};
+pub use worker::{Flavour, Options, ReconcileError, WorkKey, Worker};
 
 #[cfg(test)]
 mod tests;

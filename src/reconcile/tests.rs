@@ -466,3 +466,69 @@ async fn a_full_state_directory_stops_no_reconcile_and_statuses_are_written_once
     assert_eq!(p.report.last(&key("0")).unwrap().phase, Phase::Applied);
     assert_eq!(p.report.last(&key("1")).unwrap().phase, Phase::Applied);
 }
+
+/// Juju's layout: one environ controller for the model's Machines and one container
+/// controller per host, all on one LXD: each touches only its own, and the environ
+/// controller never writes a Container's status.
+#[tokio::test(start_paused = true)]
+async fn the_environ_and_container_flavours_each_touch_only_their_own() {
+    use super::Flavour;
+    let lxd = MemLxd::new();
+    for i in ["m0", "c0", "c1"] {
+        lxd.add_instance(i, &["default"]);
+    }
+    let on_host = |name: &str, host: &str, instance: &str| {
+        format!(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Container\nmetadata: {{name: \"{name}\", namespace: m}}\nspec: {{machine: \"{host}\", instance: {instance}, applications: [one]}}\n---\n"
+        )
+    };
+    let yaml = app("one", 3)
+        + &machine("0", "m0", &["one"])
+        + &on_host("0-lxd-0", "0", "c0")
+        + &on_host("1-lxd-0", "1", "c1");
+    let run = |flavour: Flavour, host: Option<&str>| {
+        let (p, status) = pipeline(&lxd, |o| {
+            o.flavour = flavour;
+            o.machine = host.map(str::to_string);
+        });
+        (p, status)
+    };
+    let mut touched = Vec::new();
+    for (flavour, host, instance) in [
+        (Flavour::Environ, None, "m0"),
+        (Flavour::Container, Some("0"), "c0"),
+        (Flavour::Container, Some("1"), "c1"),
+    ] {
+        let (p, _) = run(flavour, host);
+        p.load(resources(&yaml));
+        p.relist().await.unwrap();
+        lxd.clear_requests();
+        p.enqueue_all();
+        p.worker.clone().run(true).await;
+        let patched: Vec<String> = writes(&lxd)
+            .into_iter()
+            .filter(|w| w.starts_with("PATCH"))
+            .collect();
+        assert_eq!(
+            patched,
+            [format!("PATCH /1.0/instances/{instance}")],
+            "{flavour:?}"
+        );
+        let containers = |h: &str| {
+            p.report
+                .last(&ResourceKey::new(Kind::Container, "m", h))
+                .is_some()
+        };
+        let machines = p.report.last(&key("0")).is_some();
+        touched.push((machines, containers("0-lxd-0"), containers("1-lxd-0")));
+    }
+    assert_eq!(
+        touched,
+        [
+            (true, false, false),
+            (false, true, false),
+            (false, false, true)
+        ],
+        "each status written by its own controller only"
+    );
+}

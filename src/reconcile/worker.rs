@@ -32,10 +32,23 @@ pub enum WorkKey {
     Collect,
 }
 
+/// Which of Juju's two workers a process is (SPEC §1).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavour {
+    /// The model's Machines.
+    Environ,
+    /// The Containers of one host machine (`machine`).
+    Container,
+    /// Both, in one process.
+    #[default]
+    All,
+}
+
 /// How the workers run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Container flavour only, for the containers of this host machine.
+    pub flavour: Flavour,
+    /// With the container flavour (or all), only the containers of this host machine.
     pub machine: Option<String>,
     pub workers: usize,
     pub resync: Duration,
@@ -57,6 +70,7 @@ impl Options {
     /// The defaults of `run`.
     pub fn new(names: ProfileNames) -> Options {
         Options {
+            flavour: Flavour::All,
             machine: None,
             workers: 4,
             resync: Duration::from_secs(600),
@@ -69,12 +83,20 @@ impl Options {
         }
     }
 
-    /// Whether this process manages `w`: with `--machine`, only the containers of that
-    /// host.
+    /// Whether this process manages `w`: the environ flavour takes Machines; the container
+    /// flavour takes Containers, with `--machine` only that host's; all takes both (with
+    /// `--machine`, only that host's Containers, as before the flavours).
     pub fn manages(&self, key: &ResourceKey, w: &Workload) -> bool {
-        match (&self.machine, key.kind) {
-            (None, Kind::Machine | Kind::Container) => true,
-            (Some(host), Kind::Container) => w.spec.machine.as_deref() == Some(host.as_str()),
+        let this_host = || {
+            self.machine
+                .as_deref()
+                .is_none_or(|host| w.spec.machine.as_deref() == Some(host))
+        };
+        match (self.flavour, key.kind) {
+            (Flavour::Environ, Kind::Machine) => true,
+            (Flavour::Container, Kind::Container) => this_host(),
+            (Flavour::All, Kind::Machine) => self.machine.is_none(),
+            (Flavour::All, Kind::Container) => this_host(),
             _ => false,
         }
     }
