@@ -230,7 +230,15 @@ pub async fn apply_cleanup<L: LxdApi>(
                 store.observed_mut().cancel_echo(&object);
                 match e {
                     LxdError::NotFound { .. } => store.observed_mut().remove_profile(name),
-                    LxdError::InUse { .. } => done.kept.push(name.clone()),
+                    LxdError::InUse { .. } => {
+                        // The cache did not know a user (an instance no resource of ours
+                        // names changed without a GET of ours): learn it, so the next
+                        // clean-up does not ask again.
+                        if let Ok((p, _)) = lxd.get_profile(name).await {
+                            store.observed_mut().put_lxd_profile(p);
+                        }
+                        done.kept.push(name.clone());
+                    }
                     e => done.failed.push((name.clone(), e)),
                 }
             }

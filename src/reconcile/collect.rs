@@ -40,8 +40,8 @@ impl fmt::Display for Cleanup {
 }
 
 /// Plans the deletion of every profile that is owned (its recorded owner is this
-/// controller), a charm profile by its recorded identity, used by no instance and
-/// expected by no resource (`expected`: every charm profile any
+/// controller), a charm profile or a model profile by its recorded identity, used by no
+/// instance and expected by no resource (`expected`: every charm profile any
 /// resource expects, whatever the flavour: another host's containers still need theirs).
 /// With `namespace` (a controller of one namespace), only the charm profiles recorded
 /// for that namespace: controllers of other namespaces on the same LXD keep theirs, even
@@ -58,8 +58,12 @@ pub fn collect(
             let ours = match (&p.stamp.application, &p.stamp.namespace) {
                 // Recorded identity: a charm profile of this namespace.
                 (Some(_), Some(recorded)) => namespace.is_none_or(|ns| ns == recorded),
-                // The model profile (a namespace and no application) is not collected here.
-                (None, Some(_)) => false,
+                // The model profile it created for a namespace (Juju leaves it behind,
+                // juju/juju#20149): once no Machine or Container of that namespace remains.
+                (None, Some(recorded)) => {
+                    names.model_profile(recorded) == **name
+                        && namespace.is_none_or(|ns| ns == recorded)
+                }
                 // Made before identities were recorded: only the name can tell.
                 _ => {
                     names.is_charm_profile(name)
@@ -128,6 +132,28 @@ mod tests {
         ]);
         let c = collect(&o, &HashSet::new(), &ProfileNames::default(), Some("m"));
         assert_eq!(names(&c), ["juju-m-a-1"]);
+    }
+
+    #[test]
+    fn the_model_profile_it_made_goes_with_the_last_resource_of_its_namespace() {
+        let mut made = profile("juju-m", true, &[]);
+        made.content
+            .config
+            .insert(crate::store::observed::NAMESPACE_KEY.into(), "m".into());
+        let mut jujus = profile("juju-n", false, &[]);
+        jujus
+            .content
+            .config
+            .insert(crate::store::observed::NAMESPACE_KEY.into(), "n".into());
+        let o = observed(vec![made, jujus]);
+        let none = HashSet::new();
+        assert_eq!(
+            names(&collect(&o, &none, &ProfileNames::default(), None)),
+            ["juju-m"]
+        );
+        // Still expected while a resource of the namespace remains.
+        let in_use: HashSet<String> = ["juju-m".to_string()].into();
+        assert!(collect(&o, &in_use, &ProfileNames::default(), None).is_empty());
     }
 
     #[test]

@@ -196,9 +196,10 @@ impl Desired {
         out.into_iter().collect()
     }
 
-    /// Every profile some Machine or Container expects beyond the base ones: the charm
+    /// Every profile some Machine or Container expects beyond `default`: the charm
     /// profile of each application in use (the index knows which, not one look per
-    /// resource), and every `extraProfiles` entry (an operator may list an owned one).
+    /// resource), every `extraProfiles` entry (an operator may list an owned one), and the
+    /// model profile of every namespace that holds a Machine or Container.
     pub fn expected_charm_profiles(
         &self,
         names: &ProfileNames,
@@ -211,6 +212,7 @@ impl Desired {
                 Some(names.charm_profile(ns, app, a.spec.revision))
             })
             .chain(self.by_extra_profile.keys().cloned())
+            .chain(self.namespaces.keys().map(|ns| names.model_profile(ns)))
             .collect()
     }
 
@@ -326,17 +328,18 @@ mod tests {
     }
 
     #[test]
-    fn expected_charm_profiles_are_those_of_applications_in_use_with_a_profile() {
+    fn expected_profiles_are_those_of_applications_in_use_with_a_profile_and_the_model() {
         let mut d = Desired::default();
         d.upsert(machine("0", "a, b"));
         d.upsert(res("apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: a}\nspec: {revision: 2, lxdProfile: {config: {x: y}}}\n"));
         d.upsert(app("b", 1));
         d.upsert(res("apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {name: unused}\nspec: {revision: 2, lxdProfile: {config: {x: y}}}\n"));
-        let got = d.expected_charm_profiles(&ProfileNames::default());
-        assert_eq!(
-            got.into_iter().collect::<Vec<_>>(),
-            vec!["juju-default-a-2".to_string()]
-        );
+        let mut got: Vec<String> = d
+            .expected_charm_profiles(&ProfileNames::default())
+            .into_iter()
+            .collect();
+        got.sort();
+        assert_eq!(got, ["juju-default", "juju-default-a-2"]);
     }
 
     #[test]
