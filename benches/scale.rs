@@ -100,6 +100,13 @@ fn expected_all(desired: &Desired, names: &ProfileNames) -> usize {
             k.kind,
             w,
             |n| desired.application(&k.namespace, n).map(|a| a.as_ref()),
+            |p| {
+                desired
+                    .subordinates(&k.namespace, p)
+                    .into_iter()
+                    .map(|a| a.as_ref())
+                    .collect()
+            },
             names,
         );
         ok += usize::from(e.is_ok());

@@ -195,6 +195,13 @@ pub fn plan_all(desired: &Desired, observed: &Observed, names: &ProfileNames) ->
             k.kind,
             w,
             |n| desired.application(&k.namespace, n).map(|a| a.as_ref()),
+            |p| {
+                desired
+                    .subordinates(&k.namespace, p)
+                    .into_iter()
+                    .map(|a| a.as_ref())
+                    .collect()
+            },
             observed,
             names,
         );

@@ -61,6 +61,7 @@ pub fn expected_profiles<'a>(
     flavour: Kind,
     workload: &Workload,
     application: impl Fn(&str) -> Option<&'a Application>,
+    subordinates: impl Fn(&str) -> Vec<&'a Application>,
     names: &ProfileNames,
 ) -> Result<ExpectedProfiles, ExpectedError> {
     let model = &workload.metadata.namespace;
@@ -69,9 +70,19 @@ pub fn expected_profiles<'a>(
     list.extend(model_profile.clone());
     list.extend(workload.spec.extra_profiles.iter().cloned());
     let mut charm_profiles = Vec::new();
+    // Each application in list order, each followed by its subordinates (Juju counts a
+    // subordinate's unit on its principal's machine): right after the first principal.
+    let mut running: Vec<&Application> = Vec::new();
     for app_name in &workload.spec.applications {
         let app = application(app_name)
             .ok_or_else(|| ExpectedError::MissingApplication(app_name.clone(), model.clone()))?;
+        running.push(app);
+        let mut subs = subordinates(app_name);
+        subs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        running.extend(subs);
+    }
+    for app in running {
+        let app_name = &app.metadata.name;
         let Some(profile) = app.spec.lxd_profile.as_ref().filter(|p| !p.is_empty()) else {
             continue;
         };
@@ -140,6 +151,12 @@ mod tests {
             flavour,
             w,
             |n| apps.iter().copied().find(|a| a.metadata.name == n),
+            |p| {
+                apps.iter()
+                    .copied()
+                    .filter(|a| a.spec.subordinate_to.iter().any(|s| s == p))
+                    .collect()
+            },
             &ProfileNames::default(),
         )
         .map(|e| e.list)
@@ -159,6 +176,41 @@ mod tests {
             expect(&machine("{applications: [two, one], extraProfiles: [ops]}")).unwrap(),
             vec!["default", "juju-m", "ops", "juju-m-two-5", "juju-m-one-3"]
         );
+    }
+
+    #[test]
+    fn a_subordinate_profile_follows_its_first_principal_on_the_machine() {
+        let sub = |to: &str| {
+            format!(
+                "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {{name: tel, namespace: m}}\nspec: {{revision: 2, subordinate: true, subordinateTo: [{to}], lxdProfile: {{config: {{security.privileged: true}}}}}}\n---\n"
+            )
+        };
+        let on = |to: &str, apps: &str| {
+            expect(&(sub(to) + &machine(&format!("{{applications: [{apps}]}}")))).unwrap()
+        };
+        assert_eq!(
+            on("two, one", "one, two"),
+            [
+                "default",
+                "juju-m",
+                "juju-m-one-3",
+                "juju-m-tel-2",
+                "juju-m-two-5"
+            ]
+        );
+        // Listed as well: once, where its first principal puts it.
+        assert_eq!(
+            on("one", "two, one, tel"),
+            [
+                "default",
+                "juju-m",
+                "juju-m-two-5",
+                "juju-m-one-3",
+                "juju-m-tel-2"
+            ]
+        );
+        // No principal here: not here.
+        assert_eq!(on("none", "one"), ["default", "juju-m", "juju-m-one-3"]);
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub fn plan<'a>(
     flavour: Kind,
     workload: &Workload,
     application: impl Fn(&str) -> Option<&'a Application>,
+    subordinates: impl Fn(&str) -> Vec<&'a Application>,
     observed: &Observed,
     names: &ProfileNames,
 ) -> Decision {
@@ -164,7 +165,7 @@ pub fn plan<'a>(
     let Some(instance) = &workload.spec.instance else {
         return Decision::Pending;
     };
-    let expected = match expected_profiles(flavour, workload, application, names) {
+    let expected = match expected_profiles(flavour, workload, application, subordinates, names) {
         Ok(e) => e,
         Err(e @ ExpectedError::MissingApplication(..))
         | Err(e @ ExpectedError::InvalidProfile(_))
@@ -317,6 +318,7 @@ mod tests {
             flavour,
             w,
             |n| apps.iter().copied().find(|a| a.metadata.name == n),
+            |_| Vec::new(),
             &f.observed,
             &ProfileNames::default(),
         )

@@ -532,3 +532,40 @@ async fn the_environ_and_container_flavours_each_touch_only_their_own() {
         "each status written by its own controller only"
     );
 }
+
+/// A subordinate's profile goes on every machine running one of its principals, right
+/// after it; editing the relation away takes it off, and the machines are enqueued by
+/// the Application's change alone.
+#[tokio::test(start_paused = true)]
+async fn a_subordinate_profile_follows_its_principal_and_leaves_with_the_relation() {
+    let lxd = MemLxd::new();
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    let sub = |to: &str| {
+        format!(
+            "apiVersion: lxdmutater.dev/v1alpha1\nkind: Application\nmetadata: {{name: tel, namespace: m}}\nspec: {{revision: 2, subordinateTo: [{to}], lxdProfile: {{config: {{security.privileged: \"true\"}}}}}}\n---\n"
+        )
+    };
+    let base = app("one", 3) + &machine("0", "i0", &["one"]);
+    p.load(resources(&(base.clone() + &sub("one"))));
+    p.relist().await.unwrap();
+    p.worker
+        .process(&WorkKey::Resource(key("0")))
+        .await
+        .unwrap();
+    assert_eq!(
+        lxd.instance_profiles("i0").unwrap(),
+        ["default", "juju-m", "juju-m-one-3", "juju-m-tel-2"]
+    );
+    // The relation goes: the Application's change alone names the machine.
+    let changed = p.store.upsert(resources(&sub("other")).remove(0));
+    assert_eq!(changed, [key("0")]);
+    p.worker
+        .process(&WorkKey::Resource(key("0")))
+        .await
+        .unwrap();
+    assert_eq!(
+        lxd.instance_profiles("i0").unwrap(),
+        ["default", "juju-m", "juju-m-one-3"]
+    );
+}

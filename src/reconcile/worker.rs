@@ -239,6 +239,7 @@ impl<L: LxdApi> Worker<L> {
             key.kind,
             &snapshot.workload,
             |n| snapshot.application(n),
+            |p| snapshot.subordinates(p),
             &self.store.observed(),
             &self.opts.names,
         )

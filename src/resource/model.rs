@@ -122,6 +122,10 @@ pub struct ApplicationSpec {
     /// Whether the application is a subordinate; informational.
     #[serde(default)]
     pub subordinate: bool,
+    /// The principal applications this subordinate runs beside: its profile goes on every
+    /// Machine and Container running one of them, right after the first of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subordinate_to: Vec<String>,
     /// Skip the profile rules (SPEC §4), as `juju deploy --force`.
     #[serde(default)]
     pub force: bool,

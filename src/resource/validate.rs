@@ -109,6 +109,14 @@ pub fn check(resource: &Resource) -> Vec<Violation> {
 pub const MAX_NAME_BYTES: usize = 200;
 
 fn check_application(a: &Application, out: &mut Vec<Violation>) {
+    for (i, principal) in a.spec.subordinate_to.iter().enumerate() {
+        if let Err(e) = check_resource_name("application name", principal) {
+            out.push(Violation::invalid(
+                &["spec", "subordinateTo", &i.to_string()],
+                e,
+            ));
+        }
+    }
     // The charm profile's name (with the default template) must be one LXD accepts.
     let profile = super::names::ProfileNames::default().charm_profile(
         &a.metadata.namespace,

@@ -17,6 +17,8 @@ pub struct Desired {
     by_app: HashMap<AppKey, BTreeSet<ResourceKey>>,
     by_instance: HashMap<String, BTreeSet<ResourceKey>>,
     by_extra_profile: HashMap<String, BTreeSet<ResourceKey>>,
+    /// Per principal application, the names of its subordinates (`subordinateTo`).
+    subordinates_of: HashMap<AppKey, BTreeSet<String>>,
     /// How many Machines and Containers each namespace (model) holds.
     namespaces: BTreeMap<String, usize>,
 }
@@ -60,8 +62,20 @@ impl Desired {
                 {
                     return vec![];
                 }
+                // Its users before (old principals) and after (new ones) are affected.
+                let mut affected = self.users_of(&app_key);
+                self.unindex_subordinate(&app_key);
+                for p in &a.spec.subordinate_to {
+                    self.subordinates_of
+                        .entry((key.namespace.clone(), p.clone()))
+                        .or_default()
+                        .insert(key.name.clone());
+                }
                 self.apps.insert(app_key.clone(), Arc::new(a));
-                self.users_of(&app_key)
+                affected.extend(self.users_of(&app_key));
+                affected.sort();
+                affected.dedup();
+                affected
             }
             Resource::Machine(w) | Resource::Container(w) => {
                 if self
@@ -105,10 +119,12 @@ impl Desired {
         match key.kind {
             Kind::Application => {
                 let app_key = (key.namespace.clone(), key.name.clone());
+                let affected = self.users_of(&app_key);
+                self.unindex_subordinate(&app_key);
                 if self.apps.remove(&app_key).is_none() {
                     return vec![];
                 }
-                self.users_of(&app_key)
+                affected
             }
             Kind::Machine | Kind::Container => {
                 let mut affected = self.sharing_instance(key);
@@ -204,22 +220,63 @@ impl Desired {
         &self,
         names: &ProfileNames,
     ) -> std::collections::HashSet<String> {
-        self.by_app
-            .keys()
+        let in_use = self.by_app.keys().flat_map(|(ns, app)| {
+            std::iter::once((ns.clone(), app.clone())).chain(
+                self.subordinates(ns, app)
+                    .into_iter()
+                    .map(|s| (ns.clone(), s.metadata.name.clone())),
+            )
+        });
+        in_use
             .filter_map(|(ns, app)| {
                 let a = self.apps.get(&(ns.clone(), app.clone()))?;
                 a.spec.lxd_profile.as_ref().filter(|p| !p.is_empty())?;
-                Some(names.charm_profile(ns, app, a.spec.revision))
+                Some(names.charm_profile(&ns, &app, a.spec.revision))
             })
             .chain(self.by_extra_profile.keys().cloned())
             .chain(self.namespaces.keys().map(|ns| names.model_profile(ns)))
             .collect()
     }
 
+    /// The Machines and Containers that run `app`: those naming it, and, for a
+    /// subordinate, those naming one of its principals.
     fn users_of(&self, app: &AppKey) -> Vec<ResourceKey> {
-        self.by_app
-            .get(app)
-            .map(|s| s.iter().cloned().collect())
+        let mut out: BTreeSet<ResourceKey> = self.by_app.get(app).cloned().unwrap_or_default();
+        if let Some(a) = self.apps.get(app) {
+            for p in &a.spec.subordinate_to {
+                if let Some(users) = self.by_app.get(&(app.0.clone(), p.clone())) {
+                    out.extend(users.iter().cloned());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    fn unindex_subordinate(&mut self, app: &AppKey) {
+        let Some(old) = self.apps.get(app) else {
+            return;
+        };
+        for p in old.spec.subordinate_to.clone() {
+            let principal = (app.0.clone(), p);
+            if let Some(set) = self.subordinates_of.get_mut(&principal) {
+                set.remove(&app.1);
+                if set.is_empty() {
+                    self.subordinates_of.remove(&principal);
+                }
+            }
+        }
+    }
+
+    /// The subordinate applications of `principal` in `namespace`.
+    pub fn subordinates(&self, namespace: &str, principal: &str) -> Vec<&Arc<Application>> {
+        self.subordinates_of
+            .get(&(namespace.to_string(), principal.to_string()))
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| self.apps.get(&(namespace.to_string(), n.clone())))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

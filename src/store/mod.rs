@@ -48,6 +48,15 @@ impl Snapshot {
             .find(|a| a.metadata.name == name)
             .map(|a| a.as_ref())
     }
+
+    /// The subordinates of `principal` among the snapshot's applications.
+    pub fn subordinates(&self, principal: &str) -> Vec<&Application> {
+        self.applications
+            .iter()
+            .filter(|a| a.spec.subordinate_to.iter().any(|p| p == principal))
+            .map(|a| a.as_ref())
+            .collect()
+    }
 }
 
 impl Store {
@@ -154,12 +163,27 @@ impl Store {
     pub fn snapshot(&self, key: &ResourceKey) -> Option<Snapshot> {
         let d = self.desired();
         let workload = d.workload(key)?.clone();
-        let applications = workload
+        let mut applications: Vec<Arc<Application>> = workload
             .spec
             .applications
             .iter()
             .filter_map(|a| d.application(&key.namespace, a).cloned())
             .collect();
+        let subordinates: Vec<Arc<Application>> = workload
+            .spec
+            .applications
+            .iter()
+            .flat_map(|a| d.subordinates(&key.namespace, a))
+            .cloned()
+            .collect();
+        for s in subordinates {
+            if !applications
+                .iter()
+                .any(|a| a.metadata.name == s.metadata.name)
+            {
+                applications.push(s);
+            }
+        }
         Some(Snapshot {
             workload,
             applications,
