@@ -100,6 +100,14 @@ class Lxd:
             raise RuntimeError(f"GET {path}: {r.status} {doc.get('error')}")
         return doc.get("metadata")
 
+    def get_or_none(self, path, timeout=10):
+        try:
+            return self.get(path, timeout)
+        except RuntimeError as e:
+            if ": 404 " in str(e):
+                return None
+            raise
+
     def instances(self):
         return {i["name"]: i for i in self.get("/1.0/instances?recursion=1")}
 
@@ -400,6 +408,65 @@ def labels(series):
 # The actions
 
 
+class DriftWatch(threading.Thread):
+    """Times each hand-made drift until the controller undoes it: an instance's list no
+    longer the one assigned by hand, a profile's content no longer the one set by hand
+    (or the profile gone: superseded by an edit). Polls every 100 ms."""
+
+    def __init__(self, lxd):
+        super().__init__(daemon=True)
+        self.lxd = lxd
+        self.lock = threading.Lock()
+        self.pending = []
+        self.results = []  # (kind, target, seconds or None, outcome, wall clock, since restart)
+        self.stopping = threading.Event()
+        self.last_restart = None
+
+    def add(self, kind, target, drifted):
+        with self.lock:
+            # A second drift of the same object before the first was undone replaces it.
+            self.pending = [p for p in self.pending if p["target"] != target]
+            self.pending.append({"kind": kind, "target": target, "drifted": drifted,
+                                 "t0": time.monotonic(), "wall": time.strftime("%H:%M:%S"),
+                                 "since_restart": None if self.last_restart is None
+                                 else time.monotonic() - self.last_restart})
+
+    def state(self, item):
+        if item["kind"] == "drift_assign":
+            inst = self.lxd.get_or_none(f"/1.0/instances/{item['target']}")
+            return None if inst is None else inst["profiles"]
+        p = self.lxd.get_or_none(f"/1.0/profiles/{item['target']}")
+        return None if p is None else (p["config"], p["devices"])
+
+    def run(self):
+        while not self.stopping.is_set():
+            with self.lock:
+                items = list(self.pending)
+            for item in items:
+                try:
+                    now = self.state(item)
+                except (OSError, RuntimeError, http.client.HTTPException, ValueError):
+                    continue  # LXD down: still pending
+                if now == item["drifted"]:
+                    continue
+                took = time.monotonic() - item["t0"]
+                outcome = "gone" if now is None else "corrected"
+                with self.lock:
+                    self.pending.remove(item)
+                    self.results.append((item["kind"], item["target"], took, outcome, item["wall"],
+                                         item["since_restart"]))
+            self.stopping.wait(0.1)
+
+    def finish(self):
+        self.stopping.set()
+        self.join(timeout=5)
+        with self.lock:
+            for item in self.pending:
+                self.results.append((item["kind"], item["target"], None, "never undone", item["wall"],
+                                     item["since_restart"]))
+            self.pending.clear()
+
+
 class Soak:
     def __init__(self, lxd, desired, names, ctl, rng):
         self.lxd = lxd
@@ -412,6 +479,8 @@ class Soak:
         self.failures = []
         self.downtimes = []
         self.drift_seq = 0
+        self.watch = DriftWatch(lxd)
+        self.rss_samples = []  # (seconds into the actions, KiB)
 
     def act(self, kind):
         fn = getattr(self, kind)
@@ -421,9 +490,10 @@ class Soak:
             return note
         except Exception as e:  # noqa: BLE001 - a hand-made change that LXD refused is counted
             self.failed[kind] += 1
+            why = " ".join(str(e).split())
             if len(self.failures) < 20:
-                self.failures.append(f"{kind}: {str(e)[:200]}")
-            return f"failed: {str(e)[:160]}"
+                self.failures.append(f"{kind}: {why[:200]}")
+            return f"failed: {why[:160]}"
 
     def edit_revision(self):
         app = self.rng.choice([a for a in APPS if APPS[a]] * 4 + ["plain"])
@@ -468,6 +538,7 @@ class Soak:
             choices.append(want + [self.rng.choice(extra)])
         drift = self.rng.choice(choices)
         self.lxd_cli("profile", "assign", self.names[k], ",".join(drift), "--project", PROJECT)
+        self.watch.add("drift_assign", self.names[k], drift)
         return f"{self.names[k]}: {drift}"
 
     def drift_content(self):
@@ -476,17 +547,33 @@ class Soak:
         if not owned:
             raise RuntimeError("no owned charm profile")
         name = self.rng.choice(sorted(owned))
+        config = dict(owned[name]["config"])
+        devices = dict(owned[name]["devices"])
         self.drift_seq += 1
         how = self.rng.choice(["nesting", "user", "device"])
-        if how == "device" and owned[name]["devices"]:
-            dev = sorted(owned[name]["devices"])[0]
-            self.lxd_cli("profile", "device", "remove", name, dev, "--project", PROJECT)
-            return f"{name}: device {dev} removed"
-        if how == "nesting":
-            self.lxd_cli("profile", "set", name, "security.nesting", "false", "--project", PROJECT)
-            return f"{name}: security.nesting=false"
-        self.lxd_cli("profile", "set", name, "user.soak-drift", str(self.drift_seq), "--project", PROJECT)
-        return f"{name}: user.soak-drift={self.drift_seq}"
+        if how == "device" and devices:
+            dev = sorted(devices)[0]
+            del devices[dev]
+            cmd = ("device", "remove", name, dev)
+            note = f"device {dev} removed"
+        elif how == "nesting":
+            config["security.nesting"] = "false"
+            cmd = ("set", name, "security.nesting", "false")
+            note = "security.nesting=false"
+        else:
+            config["user.soak-drift"] = str(self.drift_seq)
+            cmd = ("set", name, "user.soak-drift", str(self.drift_seq))
+            note = f"user.soak-drift={self.drift_seq}"
+        try:
+            self.lxd_cli("profile", *cmd, "--project", PROJECT)
+        except RuntimeError as e:
+            # LXD saved the change but could not apply it to some instance (one the
+            # controller was writing at that moment): the drift is there all the same.
+            if "profile change still saved" not in str(e):
+                raise
+            note += " (saved; LXD failed to apply it to some instance)"
+        self.watch.add("drift_content", name, (config, devices))
+        return f"{name}: {note}"
 
     def lxd_cli(self, *args):
         self.daemon.lxc(*args, timeout=60)
@@ -502,6 +589,7 @@ class Soak:
         time.sleep(self.rng.uniform(0.5, 3))
         self.daemon.start()
         took = time.monotonic() - t0
+        self.watch.last_restart = time.monotonic()
         self.downtimes.append(took)
         return f"{note}, ready again after {took:.1f} s"
 
@@ -552,10 +640,12 @@ def log_summary(path):
             fields = doc.get("fields") or {}
             msg = str(fields.get("message", ""))
             detail = {k: v for k, v in fields.items() if k != "message"}
-            key = (level, re.sub(r"\d+", "N", msg)[:160])
+            cause = str(fields.get("error") or fields.get("reason") or "")
+            cause = re.sub(r"unix://\S+|/\S+unix\.socket", "SOCKET", cause)
+            key = (level, msg, re.sub(r"\d+", "N", cause)[:120])
             g = groups.setdefault(key, {"count": 0, "first": None, "last": None})
             g["count"] += 1
-            sample = f"{doc.get('timestamp', '')} {msg} {json.dumps(detail)[:400]}"
+            sample = f"{doc.get('timestamp', '')} {msg}: {json.dumps(detail)}"
             g["first"] = g["first"] or sample
             g["last"] = sample
     return levels, groups, raw
@@ -580,6 +670,22 @@ def report(args, soak, t_initial, t_final, problems, rss, metrics_text, ctl, ali
         print(f"  LXD down per restart: {min(soak.downtimes):.1f}-{max(soak.downtimes):.1f} s")
     for f in soak.failures[:5]:
         print(f"  refused: {f}")
+    results = soak.watch.results
+    if results:
+        print("hand-made drift undone by the controller (seen by polling LXD every 100 ms):")
+        for kind in ("drift_assign", "drift_content"):
+            took = sorted(r[2] for r in results if r[0] == kind and r[3] == "corrected")
+            if took:
+                print(f"  {kind:20} {len(took)} undone: median {took[len(took) // 2]:.2f} s, "
+                      f"p95 {took[min(len(took) - 1, int(len(took) * 0.95))]:.2f} s, max {took[-1]:.2f} s")
+        gone = [r for r in results if r[3] == "gone"]
+        if gone:
+            print(f"  {len(gone)} drifted profiles deleted by a later edit before being rewritten")
+        slow = [r for r in results if r[3] == "never undone" or (r[2] is not None and r[2] > 5)]
+        for kind, target, took, outcome, wall, since in slow[:10]:
+            when = "" if since is None else f", {since:.0f} s after an LXD restart"
+            took = "never" if took is None else f"after {took:.1f} s"
+            print(f"  slow: {kind} on {target} at {wall} undone {took} ({outcome}{when})")
     print(f"initial convergence: {t_initial:.1f} s" if t_initial is not None else "initial convergence: NO")
     if t_final is not None:
         print(f"final convergence: {t_final:.1f} s after the last action")
@@ -590,11 +696,17 @@ def report(args, soak, t_initial, t_final, problems, rss, metrics_text, ctl, ali
     start, end, peak = rss
     fmt = lambda v: f"{v / 1024:.1f} MiB" if v else "?"  # noqa: E731
     print(f"controller RSS: start {fmt(start)}, end {fmt(end)}, peak sampled {fmt(peak)}")
+    if len(soak.rss_samples) > 2:
+        step = max(1, len(soak.rss_samples) // 10)
+        picks = soak.rss_samples[::step]
+        if picks[-1] != soak.rss_samples[-1]:
+            picks.append(soak.rss_samples[-1])
+        print("  over time: " + ", ".join(f"{t / 60:.1f} min {v / 1024:.1f}" for t, v in picks) + " (MiB)")
     if metrics_text:
         m = parse_metrics(metrics_text)
         print("metrics:")
         for series, v in m.items():
-            if series.startswith(METRIC_EXCERPTS) and (v or "phase" in series):
+            if series.startswith(METRIC_EXCERPTS) and (v or 'phase="Error"' in series):
                 print(f"  {series} {v:g}")
         by_method = collections.Counter()
         by_code = collections.Counter()
@@ -608,12 +720,18 @@ def report(args, soak, t_initial, t_final, problems, rss, metrics_text, ctl, ali
         if by_code:
             print("  of which not 2xx: " + ", ".join(f"{k} {v:g}" for k, v in sorted(by_code.items())))
     if alive_all_along:
-        print(f"controller: up the whole time (pid {ctl.proc.pid})")
+        probes = []
+        for path in ("/healthz", "/readyz"):
+            try:
+                probes.append(f"{path} {ctl.http(path)[0]}")
+            except OSError as e:
+                probes.append(f"{path} {e}")
+        print(f"controller: up the whole time (pid {ctl.proc.pid}; {', '.join(probes)})")
     else:
         print(f"controller: DIED ({death})")
     print("controller log: " + ", ".join(f"{k} {v}" for k, v in sorted(levels.items())))
-    for (level, _), g in list(groups.items())[:12]:
-        print(f"  {level} x{g['count']}: {g['first'][:300]}")
+    for (level, _, _), g in sorted(groups.items(), key=lambda kv: -kv[1]["count"])[:12]:
+        print(f"  {level} x{g['count']}, first: {g['first'][:600]}")
     for line in raw[:10]:
         print(f"  not JSON: {line[:300]}")
 
@@ -637,6 +755,7 @@ def main():
     if not os.access(BIN, os.X_OK):
         sys.exit(f"soak: {BIN} missing: cargo build --release first")
     rng = random.Random(args.seed)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
 
@@ -669,6 +788,8 @@ def main():
 
         soak = Soak(lxd, desired, names, ctl, rng)
         soak.daemon = daemon
+        soak.watch.start()
+        soak.rss_samples.append((0, rss_start))
         weights = {"edit_revision": 2, "add_application": 3, "remove_application": 3,
                    "drift_assign": 4, "drift_content": 2}
         t0 = time.monotonic()
@@ -676,6 +797,7 @@ def main():
         every = args.restart_every * 60
         next_restart = t0 + every * rng.uniform(0.8, 1.2)
         next_rss = t0 + 30
+        t_last_action = t0
         death = None
         while time.monotonic() < deadline:
             if not ctl.alive():
@@ -686,6 +808,7 @@ def main():
             if now >= next_rss:
                 rss = ctl.rss_kib() or 0
                 rss_peak = max(rss_peak or 0, rss)
+                soak.rss_samples.append((now - t0, rss))
                 next_rss = now + 30
             if now >= next_restart:
                 kind = "lxd_restart"
@@ -693,6 +816,7 @@ def main():
             else:
                 kind = rng.choices(list(weights), list(weights.values()))[0]
             note = soak.act(kind)
+            t_last_action = time.monotonic()
             log(f"{kind}: {note}")
             time.sleep(rng.uniform(1, 3))
         elapsed = time.monotonic() - t0
@@ -700,9 +824,15 @@ def main():
             daemon.start()
 
         log("actions stopped; waiting for the final convergence")
+        t_wait = time.monotonic()
         t_final, problems = (None, [death]) if death else wait_converged(
             lxd, desired, names, ctl, args.converge_timeout, "final convergence")
+        if t_final is not None:
+            t_final += t_wait - t_last_action
+        soak.watch.finish()
         rss_end = ctl.rss_kib()
+        if rss_end:
+            soak.rss_samples.append((time.monotonic() - t0, rss_end))
         rss_peak = max(rss_peak or 0, rss_end or 0)
         metrics_text = None
         try:
@@ -719,7 +849,7 @@ def main():
         print(f"\nresult: {'PASS' if passed else 'FAIL'}")
         return 0 if passed else 1
     except (KeyboardInterrupt, Interrupted) as e:
-        log(f"interrupted ({e or 'Ctrl-C'}); cleaning up")
+        log(f"interrupted ({str(e) or 'Ctrl-C'}); cleaning up")
         return 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

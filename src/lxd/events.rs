@@ -93,8 +93,11 @@ pub const RECONNECT: BackoffConfig = BackoffConfig {
     base: Duration::from_millis(800),
     cap: Duration::from_secs(30),
 };
-/// A connection that lived this long was healthy: the next failure starts over.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A connection that lived this long was healthy: the next failure starts over. Short
+/// enough that LXD restarted twice within a minute does not leave the controller blind
+/// for a 30 s backoff (the soak found it), long enough that a stream that connects and
+/// drops at once still backs off.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// Pings keep NATs and proxies open and detect a dead peer; LXD answers them.
 const PING_EVERY: Duration = Duration::from_secs(20);
