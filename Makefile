@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run run-kubernetes test bench soak lxd test-deps k8s-tools build check-tools install
+.PHONY: run run-kubernetes test bench soak lxd test-deps k8s-tools build check-tools install uninstall build-release deb
 
 ## Bring up a local LXD (installs Debian's lxd as root when none answers).
 lxd:
@@ -52,22 +52,30 @@ check-tools:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-## Install as a systemd service: make install [PREFIX=/usr/local] [DESTDIR=]
+## The release binary, which make install and make deb take: target/release/lxd-mutater
+## (under $CARGO_TARGET_DIR when that is set).
+build-release:
+	$(CARGO) build --release --locked --bin lxd-mutater
+
+## The Debian package: target/debian/lxd-mutater_<version>-1_<arch>.deb, made by cargo-deb
+## from [package.metadata.deb] and checked with lintian (no error, no warning). Installs
+## cargo-deb, lintian and dpkg-dev when they are missing. Then: dpkg -i target/debian/*.deb
+deb: build-release
+	CARGO="$(CARGO)" bash scripts/deb.sh --no-build
+
+## Install as a systemd service: make build-release, then make install [PREFIX=/usr/local]
+## [DESTDIR=] [BIN=path]; install builds nothing.
 ## The binary to $(PREFIX)/bin, the unit to $(UNITDIR) (ExecStart follows PREFIX), and,
 ## only where they do not exist yet, /etc/default/lxd-mutater and /etc/lxd-mutater/resources/
 ## (with the examples as *.yaml.example, which the controller does not read until renamed):
-## an operator's settings and resources are never overwritten.
-## NOBUILD=1 BIN=path installs a binary already built. Runs no systemctl.
+## an operator's settings and resources are never overwritten. Runs no systemctl.
 PREFIX ?= /usr/local
 DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
-BIN ?= target/release/lxd-mutater
-NOBUILD ?=
+BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/lxd-mutater
 
 install:
-ifeq ($(NOBUILD),)
-	$(CARGO) build --release --locked --bin lxd-mutater
-endif
+	@test -f "$(BIN)" || { echo "no $(BIN): run make build-release first (or give BIN=path)" >&2; exit 1; }
 	install -D -m 0755 "$(BIN)" "$(DESTDIR)$(PREFIX)/bin/lxd-mutater"
 	install -d -m 0755 "$(DESTDIR)$(UNITDIR)"
 	sed 's|^ExecStart=/usr/local/bin/lxd-mutater |ExecStart=$(PREFIX)/bin/lxd-mutater |' \
@@ -93,3 +101,38 @@ endif
 	@echo
 	@echo "Then: systemctl daemon-reload && systemctl enable --now lxd-mutater"
 	@echo "      (settings: /etc/default/lxd-mutater; status: lxd-mutater get machines)"
+
+## Undo make install (same PREFIX, DESTDIR, UNITDIR): removes the binary and the unit, and
+## /etc/default/lxd-mutater and the *.yaml.example files only while they are as install
+## wrote them (then the directories, if empty). An operator's settings and resources, the
+## enable symlinks of systemctl and the statuses in /var/lib/lxd-mutater stay. A file of
+## the Debian package (PREFIX=/usr) is left to dpkg. Runs no systemctl: first
+## systemctl disable --now lxd-mutater, after it systemctl daemon-reload.
+uninstall:
+	@set -e; \
+	owned_by_dpkg() { [ -z "$(DESTDIR)" ] && dpkg-query -S "$$1" >/dev/null 2>&1; }; \
+	for f in "$(DESTDIR)$(PREFIX)/bin/lxd-mutater" "$(DESTDIR)$(UNITDIR)/lxd-mutater.service"; do \
+		if [ ! -e "$$f" ]; then continue; fi; \
+		if owned_by_dpkg "$$f"; then echo "kept $$f (the Debian package's: dpkg -r lxd-mutater)"; continue; fi; \
+		rm -f "$$f"; echo "removed $$f"; \
+	done; \
+	d="$(DESTDIR)/etc/default/lxd-mutater"; \
+	if [ -e "$$d" ] && ! owned_by_dpkg "$$d"; then \
+		if cmp -s "$$d" deploy/systemd/lxd-mutater.default; then rm -f "$$d"; echo "removed $$d"; \
+		else echo "kept $$d (yours: changed since make install)"; fi; \
+	fi; \
+	r="$(DESTDIR)/etc/lxd-mutater/resources"; \
+	for f in examples/*.yaml; do \
+		e="$$r/$$(basename "$$f").example"; \
+		if [ -e "$$e" ] && cmp -s "$$e" "$$f"; then rm -f "$$e"; echo "removed $$e"; fi; \
+	done; \
+	for dir in "$$r" "$(DESTDIR)/etc/lxd-mutater"; do \
+		if [ -d "$$dir" ] && ! owned_by_dpkg "$$dir"; then \
+			if rmdir "$$dir" 2>/dev/null; then echo "removed $$dir/"; \
+			else echo "kept $$dir/ (not empty: yours)"; fi; \
+		fi; \
+	done; \
+	if [ -e "$(DESTDIR)/etc/systemd/system/multi-user.target.wants/lxd-mutater.service" ] || \
+		[ -L "$(DESTDIR)/etc/systemd/system/multi-user.target.wants/lxd-mutater.service" ]; then \
+		echo "still enabled: systemctl disable lxd-mutater (make uninstall runs no systemctl)"; \
+	fi
