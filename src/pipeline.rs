@@ -143,12 +143,15 @@ impl<L: LxdApi + Clone> Pipeline<L> {
         self.enqueue(changed);
     }
 
-    /// What the LXD feed found: the affected keys, or everything.
+    /// What the LXD feed found: the affected keys, or everything. A change LXD announced
+    /// may have left an owned profile unused (a list our own PATCH set, whose answer was
+    /// lost; an operator's edit): the clean-up looks again.
     pub fn on_lxd(&self, affected: Affected) {
         if affected.everything {
             self.enqueue_all();
-        } else {
+        } else if !affected.keys.is_empty() {
             self.enqueue(affected.keys);
+            self.queue.add(WorkKey::Collect);
         }
     }
 

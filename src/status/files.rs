@@ -92,7 +92,11 @@ impl StatusStore for StatusFiles {
             std::fs::create_dir_all(parent)?;
         }
         let text = serde_saphyr::to_string(object).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("yaml.tmp");
+        // A temporary name of its own per write: two writes of one key at once (a worker,
+        // and the catch-up after a full disk) must not rename each other's file away.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("yaml.tmp{n}"));
         // Durable before it is visible: the data, then the rename, then the directory
         // entry, so that a crash leaves the old status or the new one, never an empty file.
         {

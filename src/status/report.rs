@@ -136,7 +136,11 @@ impl Reporter {
     /// write that succeeds (LXD keeps being reconciled meanwhile).
     fn persist(&self, key: &ResourceKey, object: &serde_json::Value, status: &Status) {
         match self.store.write(key, object, status) {
-            Ok(_) => {
+            // Unchanged: nothing was written, so it says nothing about the store.
+            Ok(false) => {
+                self.lock_unwritten().remove(key);
+            }
+            Ok(true) => {
                 self.lock_unwritten().remove(key);
                 if self.failing.swap(false, Ordering::SeqCst) {
                     info!("statuses can be written again");

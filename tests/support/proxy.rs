@@ -197,7 +197,7 @@ fn serve(mut down: UnixStream, upstream: &Path, shared: &Shared) {
         first
     };
     let mut record = Exchange {
-        cut: first_of_method || (faults.cut_every > 0 && n % faults.cut_every == 0),
+        cut: first_of_method || (faults.cut_every > 0 && n.is_multiple_of(faults.cut_every)),
         method,
         path,
         name,
@@ -264,22 +264,28 @@ fn forward(
     Some((up, answer))
 }
 
-/// `lxd-mutater run` with exactly the flags given (plus `--listen`); killed on drop.
+/// `lxd-mutater run` with exactly the flags given (plus `--listen`); killed on drop. Its
+/// log (stderr) goes to a file; when the test fails, the end of it is printed.
 pub struct Controller {
     child: Child,
     pub port: u16,
+    log: PathBuf,
+    _log_dir: Option<tempfile::TempDir>,
 }
 
 impl Controller {
+    /// `log`: where its stderr goes (default: a temporary file).
     pub fn start(args: &[&str], log: Option<&Path>) -> Controller {
         let port = support::free_port();
-        let stderr = match log {
-            Some(path) => Stdio::from(
-                std::fs::File::create(path)
-                    .unwrap_or_else(|e| panic!("the log {}: {e}", path.display())),
-            ),
-            None => Stdio::null(),
+        let (log, log_dir) = match log {
+            Some(path) => (path.to_path_buf(), None),
+            None => {
+                let dir = tempfile::tempdir().expect("a temporary directory for the log");
+                (dir.path().join("controller.log"), Some(dir))
+            }
         };
+        let stderr = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("the log {}: {e}", log.display()));
         let child = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
             .arg("run")
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -288,7 +294,17 @@ impl Controller {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start lxd-mutater: {e}"));
-        Controller { child, port }
+        Controller {
+            child,
+            port,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL, and reap it.
@@ -297,14 +313,23 @@ impl Controller {
         let _ = self.child.wait();
     }
 
-    /// An HTTP GET on its `--listen`: status code (0 when nothing answers) and body.
+    /// An HTTP GET on its `--listen`: status code (0 when nothing answers within 20 s:
+    /// these tests load a 2-core machine, where a scrape was seen to take 3 s) and body.
     pub fn get(&self, path: &str) -> (u16, String) {
-        support::http_get(&format!("http://127.0.0.1:{}{path}", self.port))
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "20", "-w", "\n%{http_code}", &url])
+            .output()
+            .unwrap_or_else(|e| panic!("curl: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
     pub fn metrics(&self) -> String {
+        let t = std::time::Instant::now();
         let (code, body) = self.get("/metrics");
-        assert_eq!(code, 200, "/metrics: {body}");
+        assert_eq!(code, 200, "/metrics, after {:?}: {body}", t.elapsed());
         body
     }
 
@@ -319,13 +344,26 @@ impl Controller {
             .lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |sum, v| sum + v)
     }
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            // The whole log stays for whoever looks into the failure.
+            if let Some(dir) = self._log_dir.take() {
+                let _ = dir.keep();
+            }
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!(
+                "--- the end of the controller's log (all of it: {}) ---\n{tail}",
+                self.log.display()
+            );
+        }
     }
 }
 
@@ -413,9 +451,10 @@ impl PrivateLxd {
         format!("unix://{}", self.dir.join("unix.socket").display())
     }
 
-    /// `LXD_DIR=... lxc ARGS`; Err carries stderr.
+    /// `LXD_DIR=... lxc ARGS` (given up after a minute); Err carries stderr.
     pub fn lxc(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("lxc")
+        let out = Command::new("timeout")
+            .args(["--kill-after=5", "60", "lxc"])
             .args(args)
             .env("LXD_DIR", &self.dir)
             .output()
@@ -430,6 +469,15 @@ impl PrivateLxd {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
+    }
+
+    /// `lxc query` of an API path (`-X method`, `-d body`).
+    pub fn query(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+        let mut args = vec!["query", "-X", method, path];
+        if let Some(body) = body {
+            args.extend(["-d", body]);
+        }
+        self.lxc(&args)
     }
 
     /// Every instance's profile list, in one listing.
@@ -451,6 +499,12 @@ impl PrivateLxd {
 
 impl Drop for PrivateLxd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            eprintln!("--- the end of the private LXD's log ---\n{tail}");
+        }
         if let Some(mut child) = self.child.take() {
             let stopped = Command::new("lxd")
                 .args(["shutdown", "--timeout", "30"])
