@@ -349,11 +349,6 @@ fn wait_old_profile_deleted(project: &TestProject, controller: &Controller, reso
 }
 
 #[test]
-#[ignore = "product bug (intermittent, ~1 run in 7): an owned profile left unused is not \
-            deleted (no DELETE in 30 s, `diff` plans it) when the last instance left it by a \
-            PATCH whose answer was lost: the clean-up is queued only after the worker's own \
-            successful list PATCH (reconcile/worker.rs) or a relist, not when the switch is \
-            learned otherwise"]
 fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_once_converged() {
     let n = 20;
     let project = TestProject::new();
@@ -522,11 +517,6 @@ fn controller_sigkilled_mid_upgrade_converges_every_machine_after_restart_and_le
 }
 
 #[test]
-#[ignore = "product bug: an unchanged status (StatusFiles::write -> Ok(false)) is taken for a \
-            write that succeeded, so 'statuses can be written again' is logged while the disk \
-            is full and 'cannot write status' can be logged again in the same episode; and \
-            Reporter::flush_unwritten races a worker on the same <name>.yaml.tmp, so a rename \
-            fails (ENOENT) right after space frees, logged and counted as a refused write"]
 fn full_state_dir_keeps_lxd_reconciled_counts_and_logs_once_and_statuses_catch_up_when_space_frees()
 {
     let n = 40;
