@@ -164,13 +164,19 @@ fn a_resources_directory_moved_away_forgets_nothing_and_writes_nothing() {
     let state = tempfile::tempdir().unwrap();
     std::fs::write(res.join("r.yaml"), app(1) + &machine(0) + &machine(1)).unwrap();
     let d = start(&lxd, &res, state.path());
+    let want = ["default", "juju-m", "juju-m-one-1"];
+    let statuses = state.path().join("m/machines");
+    let applied = |m: &str| {
+        std::fs::read_to_string(statuses.join(format!("{m}.yaml")))
+            .is_ok_and(|t| t.contains("phase: Applied"))
+    };
+    // Converged: both lists right and both statuses Applied (the last write is done).
     wait_until("ready and converged", Duration::from_secs(30), || {
         d.get("/readyz").0 == 200
-            && lxd.instance_profiles("i1") == ["default", "juju-m", "juju-m-one-1"]
-    });
-    let statuses = state.path().join("m/machines");
-    wait_until("both statuses", Duration::from_secs(10), || {
-        std::fs::read_dir(&statuses).map(|d| d.count()).unwrap_or(0) == 2
+            && lxd.instance_profiles("i0") == want
+            && lxd.instance_profiles("i1") == want
+            && applied("0")
+            && applied("1")
     });
     let writes = lxd_writes(&d);
     std::fs::rename(&res, top.path().join("elsewhere")).unwrap();
