@@ -875,7 +875,11 @@ fn an_invalid_object_says_why_and_a_good_one_keeps_its_last_good_version() {
     assert_eq!(ctl.metric("lxd_mutater_source_files_invalid"), 1.0);
 
     // A good object edited into a bad one keeps its last good version: LXD unchanged,
-    // status unchanged, an event says why the edit is not applied.
+    // status unchanged, an event says why the edit is not applied. (Its Applied status
+    // first: the status writer may lag the LXD write on a busy machine.)
+    wait_until("machine 0 Applied", Duration::from_secs(10), || {
+        cluster.status("0")["phase"] == "Applied"
+    });
     cluster.patch_spec(
         "machines",
         "0",
