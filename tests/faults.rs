@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use proxy::{Controller, FaultProxy, Faults, PrivateLxd, Tmpfs, in_parallel, profile_lists};
 use support::{TestProject, wait_until};
 
-/// `--backoff-max` of every controller here: no key may wait longer between retries.
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// `--backoff-max` of the controller whose LXD is killed: short next to LXD's ~8 s away,
+/// so that a delay doubling past it (0.5, 1, 2 s...) shows within the first 4 s.
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
 const PATCHED: &str = "lxd_mutater_lxd_requests_total{method=\"PATCH\",code=\"200\"}";
 
 fn app(rev: u64) -> String {
@@ -151,7 +152,14 @@ fn applied(state: &Path, rev: u64) -> usize {
         .count()
 }
 
+/// The flags every controller here runs with, then `more`; `--backoff-max 2s` unless
+/// `more` gives one.
 fn args<'a>(resources: &'a Path, state: &'a Path, more: &[&'a str]) -> Vec<String> {
+    let backoff: &[&str] = if more.contains(&"--backoff-max") {
+        &[]
+    } else {
+        &["--backoff-max", "2s"]
+    };
     let mut v: Vec<String> = [
         "--resources",
         &resources.display().to_string(),
@@ -159,13 +167,11 @@ fn args<'a>(resources: &'a Path, state: &'a Path, more: &[&'a str]) -> Vec<Strin
         &state.display().to_string(),
         "--workers",
         "4",
-        "--backoff-max",
-        "2s",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    v.extend(more.iter().map(|s| s.to_string()));
+    v.extend(backoff.iter().chain(more).map(|s| s.to_string()));
     v
 }
 
@@ -242,6 +248,8 @@ fn lxd_killed_mid_converge_loses_no_machine_keeps_no_key_past_the_backoff_cap_an
             "default",
             "--resync",
             "1h",
+            "--backoff-max",
+            "1s",
             "--log-format",
             "json",
         ],
@@ -286,8 +294,9 @@ fn lxd_killed_mid_converge_loses_no_machine_keeps_no_key_past_the_backoff_cap_an
         "all {n} converged {:?} after LXD answered again",
         back.elapsed()
     );
-    // LXD was away ~8 s: a delay that kept doubling past the cap (0.5, 1, 2, 4 s...)
-    // would leave a key untried for 4 s and more while it was down.
+    // LXD was away ~8 s: a delay that kept doubling past the cap would leave a key
+    // untried for 2 s after ~1.5 s, for 4 s after ~3.5 s. The slack is the scheduling of
+    // a loaded 2-core machine (up to ~0.35 s seen).
     let (key, wait) = longest_backoff_while_lxd_down(&controller.log());
     eprintln!("longest wait between two tries while LXD was down: {wait:?} ({key})");
     assert!(
@@ -295,7 +304,7 @@ fn lxd_killed_mid_converge_loses_no_machine_keeps_no_key_past_the_backoff_cap_an
         "the backoff never grew while LXD was down ({wait:?}): the test shows nothing"
     );
     assert!(
-        wait <= BACKOFF_CAP + Duration::from_millis(300),
+        wait <= BACKOFF_CAP + Duration::from_millis(800),
         "{key} waited {wait:?} between two tries, the backoff cap is {BACKOFF_CAP:?}"
     );
     wait_until("ready again", Duration::from_secs(15), || {
@@ -461,9 +470,6 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
 }
 
 #[test]
-#[ignore = "product bug (intermittent, seen once in ~15 runs): after the restart every \
-            machine is on revision 2 and LXD reports juju-m-one-1 unused, yet the restarted \
-            controller never deletes it (no log line, --resync 1h); see slow_lxd_that_cuts_..."]
 fn controller_sigkilled_mid_upgrade_converges_every_machine_after_restart_and_leaves_no_old_profile()
  {
     let n = 100;

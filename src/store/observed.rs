@@ -182,6 +182,26 @@ impl Observed {
             .into_iter()
             .map(|p| ObservedProfile::from_lxd(p, &owner))
             .collect();
+        // The two listings are read at the same time, not atomically: an instance written
+        // between them would count as a user of a profile it has just left (and that
+        // profile would never be collected). The instances' own lists are the truth for
+        // the instances this listing saw; `used_by` speaks only for the others (another
+        // project's, when profiles are shared).
+        let mut users: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        for (instance, list) in &self.instances {
+            for p in list {
+                users
+                    .entry(p.as_str())
+                    .or_default()
+                    .insert(instance.clone());
+            }
+        }
+        for (name, p) in self.profiles.iter_mut() {
+            p.used_by.retain(|i| !self.instances.contains_key(i));
+            if let Some(u) = users.get(name.as_str()) {
+                p.used_by.extend(u.iter().cloned());
+            }
+        }
         self.listed = true;
     }
 
@@ -451,5 +471,28 @@ mod tests {
         );
         o.remove_instance("i");
         assert_eq!(o.claim("i"), None);
+    }
+
+    #[test]
+    fn a_listing_takes_an_instances_own_list_over_a_profiles_used_by() {
+        // The instance left `old` between the two reads: the profile listing still names
+        // it, the instance listing does not.
+        let mut o = Observed::default();
+        o.replace(
+            vec![Instance {
+                name: "i".into(),
+                profiles: vec!["default".into(), "new".into()],
+                status: String::new(),
+                config: Default::default(),
+            }],
+            vec![
+                profile("old", true, &["i"]),
+                profile("new", true, &[]),
+                profile("shared", true, &["elsewhere"]),
+            ],
+        );
+        assert!(o.profile("old").unwrap().used_by.is_empty());
+        assert_eq!(o.profile("new").unwrap().used_by.len(), 1);
+        assert_eq!(o.profile("shared").unwrap().used_by.len(), 1);
     }
 }
