@@ -100,6 +100,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<ExitCode> {
         super::listing(pipeline.relist().await)?;
         pipeline.enqueue_all();
         pipeline.worker.clone().run(true).await;
+        store_statuses(&pipeline).await;
         let broken = snapshot.problems();
         for p in &broken {
             println!("{p}");
@@ -245,6 +246,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // What was decided while standing by (invalid objects' statuses) goes out now.
+    store_statuses(&pipeline).await;
     statuses.flush();
     pipeline.enqueue_all();
     let workers = tokio::spawn(pipeline.worker.clone().run(false));
@@ -277,6 +279,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     // The last statuses, then the lease.
+    store_statuses(&pipeline).await;
     let flushed = std::time::Instant::now();
     while !statuses.is_idle() && flushed.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -464,7 +467,26 @@ async fn drain(
     tokio::select! {
         _ = workers => {}
         _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("reconciles still running after 30 s: exiting"),
-        _ = shutdown_signal() => warn!("second signal: exiting now"),
+        _ = shutdown_signal() => {
+            warn!("second signal: exiting now");
+            return;
+        }
+    }
+    store_statuses(pipeline).await;
+}
+
+/// Waits (5 s at most) until the statuses decided so far are stored: the status writer
+/// works beside the reconciles, and a process that exits takes what it holds with it.
+async fn store_statuses<L: LxdApi + Clone>(pipeline: &Pipeline<L>) {
+    let report = pipeline.report.clone();
+    let stored = tokio::task::spawn_blocking(move || report.flush(Duration::from_secs(5)))
+        .await
+        .unwrap_or(false);
+    if !stored {
+        warn!(
+            unwritten = pipeline.report.unwritten(),
+            "exiting with statuses not stored"
+        );
     }
 }
 

@@ -7,7 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -17,35 +18,73 @@ use super::decide::{Outcome, decide, spec_hash};
 use super::metrics::{DriftKind, ErrorKind, Metrics};
 use super::{StatusStore, now};
 
+/// How long a refused status waits before the writer tries the store again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 pub struct Reporter {
-    store: Arc<dyn StatusStore>,
+    writer: Arc<Writer>,
     metrics: Arc<Metrics>,
     drifted: Mutex<HashSet<ResourceKey>>,
-    /// Statuses the store refused (a full disk), written again at the next write that
-    /// succeeds; and whether the store is failing now (logged once per episode).
-    unwritten: Mutex<HashMap<ResourceKey, (serde_json::Value, Status)>>,
+}
+
+/// Statuses decided and not yet stored, and the thread that stores them: off the
+/// reconcile path, and coalesced (a status that a newer one of the same key supersedes
+/// before it is stored, such as Idle while applying, is never written).
+struct Writer {
+    store: Arc<dyn StatusStore>,
+    metrics: Arc<Metrics>,
+    pending: Mutex<Pending>,
+    /// Signalled when a status is added, when the writer stored a batch, and on close.
+    changed: Condvar,
+    /// One store operation at a time: a removal never races a write of the same key.
+    io: Mutex<()>,
+    /// Whether the store refuses writes now (logged once per episode).
     failing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Pending {
+    statuses: HashMap<ResourceKey, (u64, serde_json::Value, Status)>,
+    next: u64,
+    closed: bool,
 }
 
 impl Reporter {
     pub fn new(store: Arc<dyn StatusStore>, metrics: Arc<Metrics>) -> Arc<Reporter> {
-        Arc::new(Reporter {
+        let writer = Arc::new(Writer {
             store,
+            metrics: metrics.clone(),
+            pending: Mutex::new(Pending::default()),
+            changed: Condvar::new(),
+            io: Mutex::new(()),
+            failing: AtomicBool::new(false),
+        });
+        let thread = writer.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("status-writer".into())
+            .spawn(move || thread.run())
+        {
+            // Without the thread, statuses are stored at the next flush.
+            warn!(error = %e, "cannot start the status writer thread");
+        }
+        Arc::new(Reporter {
+            writer,
             metrics,
             drifted: Mutex::new(HashSet::new()),
-            unwritten: Mutex::new(HashMap::new()),
-            failing: AtomicBool::new(false),
         })
     }
 
-    /// The status last decided for `key`.
+    /// The status last decided for `key` (stored or still on its way).
     pub fn last(&self, key: &ResourceKey) -> Option<Status> {
-        self.store.get(key)
+        if let Some((_, _, s)) = self.writer.lock().statuses.get(key) {
+            return Some(s.clone());
+        }
+        self.writer.store.get(key)
     }
 
     /// Where statuses are kept (for a source that reports what its objects hold).
     pub fn store(&self) -> &Arc<dyn StatusStore> {
-        &self.store
+        &self.writer.store
     }
 
     fn was_drifted(&self, key: &ResourceKey) -> bool {
@@ -64,7 +103,8 @@ impl Reporter {
         }
     }
 
-    /// Decides and persists the status of `workload` after `outcome`; its phase.
+    /// Decides the status of `workload` after `outcome` and hands it to the writer; its
+    /// phase.
     pub fn report(&self, key: &ResourceKey, workload: &Workload, outcome: &Outcome) -> Phase {
         self.count_drift(key.kind, outcome);
         let generation = workload
@@ -72,8 +112,9 @@ impl Reporter {
             .generation
             .and_then(|g| u64::try_from(g).ok())
             .unwrap_or_else(|| spec_hash(&workload.spec));
+        let last = self.last(key);
         let decided = decide(
-            self.last(key).as_ref(),
+            last.as_ref(),
             outcome,
             generation,
             self.was_drifted(key),
@@ -82,11 +123,14 @@ impl Reporter {
         let phase = decided.status.phase;
         self.set_drifted(key, decided.drifted);
         self.metrics.set_state(key, phase, decided.drifted);
+        if last.as_ref() == Some(&decided.status) {
+            return phase;
+        }
         // Plain data with string keys: serializing cannot fail.
         let mut obj = serde_json::to_value(workload).unwrap_or_default();
         obj["kind"] = serde_json::Value::String(key.kind.as_str().into());
         obj["status"] = serde_json::to_value(&decided.status).unwrap_or_default();
-        self.persist(key, &obj, &decided.status);
+        self.writer.push(key, obj, decided.status);
         phase
     }
 
@@ -101,23 +145,27 @@ impl Reporter {
         message: &str,
         has_good_version: bool,
     ) {
-        self.store.tell_invalid(key, generation, message);
+        self.writer.store.tell_invalid(key, generation, message);
         if key.kind == Kind::Application || has_good_version {
             return;
         }
+        let last = self.last(key);
         let decided = decide(
-            self.last(key).as_ref(),
+            last.as_ref(),
             &Outcome::InvalidSpec(message.to_string()),
             generation.unwrap_or(0),
             self.was_drifted(key),
             &now(),
         );
-        self.persist(key, &serde_json::Value::Null, &decided.status);
+        if last.as_ref() != Some(&decided.status) {
+            self.writer
+                .push(key, serde_json::Value::Null, decided.status);
+        }
     }
 
     /// The object loads again.
     pub fn valid(&self, key: &ResourceKey) {
-        self.store.tell_valid(key);
+        self.writer.store.tell_valid(key);
     }
 
     /// The resource is no longer managed: its status and series go.
@@ -125,65 +173,41 @@ impl Reporter {
         if key.kind == Kind::Application {
             return;
         }
-        self.store.remove(key);
+        self.writer.remove(key);
         self.metrics.forget(key);
         self.set_drifted(key, false);
-        self.lock_unwritten().remove(key);
     }
 
-    /// Hands a status to the store. A refusal is counted each time, logged once while the
-    /// store keeps failing, and the status is kept to be written again after the next
-    /// write that succeeds (LXD keeps being reconciled meanwhile).
-    fn persist(&self, key: &ResourceKey, object: &serde_json::Value, status: &Status) {
-        match self.store.write(key, object, status) {
-            // Unchanged: nothing was written, so it says nothing about the store.
-            Ok(false) => {
-                self.lock_unwritten().remove(key);
-            }
-            Ok(true) => {
-                self.lock_unwritten().remove(key);
-                if self.failing.swap(false, Ordering::SeqCst) {
-                    info!("statuses can be written again");
-                }
-                self.flush_unwritten();
-            }
-            Err(e) => {
-                self.metrics.error(key.kind, ErrorKind::status_write);
-                if !self.failing.swap(true, Ordering::SeqCst) {
-                    warn!(resource = %key, error = %e, "cannot write status (kept, and written again once the store accepts writes)");
-                }
-                self.lock_unwritten()
-                    .insert(key.clone(), (object.clone(), status.clone()));
-            }
-        }
-    }
-
-    fn lock_unwritten(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ResourceKey, (serde_json::Value, Status)>> {
-        self.unwritten
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Writes what was refused earlier; stops at the first refusal.
-    fn flush_unwritten(&self) {
-        let pending: Vec<(ResourceKey, (serde_json::Value, Status))> =
-            self.lock_unwritten().drain().collect();
-        let mut rest = pending.into_iter();
-        for (key, (object, status)) in rest.by_ref() {
-            if self.store.write(&key, &object, &status).is_err() {
-                self.failing.store(true, Ordering::SeqCst);
-                self.lock_unwritten().insert(key, (object, status));
-                break;
-            }
-        }
-        self.lock_unwritten().extend(rest);
-    }
-
-    /// Statuses refused by the store and not written yet.
+    /// Statuses decided and not stored yet (refused by a full disk, or on their way).
     pub fn unwritten(&self) -> usize {
-        self.lock_unwritten().len()
+        self.writer.lock().statuses.len()
+    }
+
+    /// Waits until every status decided so far is stored, `deadline` at most (a store
+    /// that refuses writes ends the wait early); whether all were.
+    pub fn flush(&self, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        let mut pending = self.writer.lock();
+        loop {
+            if pending.statuses.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            if self.writer.failing.load(Ordering::SeqCst) {
+                // The store refuses writes: one more try is all a flush waits for.
+                drop(pending);
+                return self.writer.write_pending() && self.writer.lock().statuses.is_empty();
+            }
+            pending = self
+                .writer
+                .changed
+                .wait_timeout(pending, until - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Drift counters: a list drift when it is found and when the write that corrects
@@ -224,5 +248,105 @@ impl Reporter {
             }
             _ => {}
         }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.writer.lock().closed = true;
+        self.writer.changed.notify_all();
+    }
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, key: &ResourceKey, object: serde_json::Value, status: Status) {
+        let mut p = self.lock();
+        p.next += 1;
+        let seq = p.next;
+        p.statuses.insert(key.clone(), (seq, object, status));
+        drop(p);
+        self.changed.notify_all();
+    }
+
+    fn remove(&self, key: &ResourceKey) {
+        let _io = self.io.lock().unwrap_or_else(PoisonError::into_inner);
+        self.lock().statuses.remove(key);
+        self.store.remove(key);
+    }
+
+    /// Until the reporter goes: waits for statuses and stores them; after a refusal,
+    /// tries again every `RETRY_AFTER`.
+    fn run(&self) {
+        loop {
+            {
+                let mut p = self.lock();
+                while p.statuses.is_empty() && !p.closed {
+                    p = self
+                        .changed
+                        .wait(p)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if p.statuses.is_empty() {
+                    return;
+                }
+            }
+            if !self.write_pending() {
+                let p = self.lock();
+                if p.closed {
+                    return;
+                }
+                drop(
+                    self.changed
+                        .wait_timeout(p, RETRY_AFTER)
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+            }
+        }
+    }
+
+    /// Stores every pending status; whether the store took them all. A refusal is
+    /// counted each time and logged once while the store keeps failing; the status stays
+    /// pending (LXD keeps being reconciled meanwhile).
+    fn write_pending(&self) -> bool {
+        let batch: Vec<(ResourceKey, u64, serde_json::Value, Status)> = self
+            .lock()
+            .statuses
+            .iter()
+            .map(|(k, (seq, o, s))| (k.clone(), *seq, o.clone(), s.clone()))
+            .collect();
+        let mut all = true;
+        for (key, seq, object, status) in batch {
+            let _io = self.io.lock().unwrap_or_else(PoisonError::into_inner);
+            // Forgotten meanwhile, or superseded (the next batch has the newer one).
+            if self.lock().statuses.get(&key).map(|p| p.0) != Some(seq) {
+                continue;
+            }
+            match self.store.write(&key, &object, &status) {
+                Ok(wrote) => {
+                    let mut p = self.lock();
+                    if p.statuses.get(&key).is_some_and(|(s, ..)| *s == seq) {
+                        p.statuses.remove(&key);
+                    }
+                    drop(p);
+                    if wrote && self.failing.swap(false, Ordering::SeqCst) {
+                        info!("statuses can be written again");
+                    }
+                }
+                Err(e) => {
+                    self.metrics.error(key.kind, ErrorKind::status_write);
+                    if !self.failing.swap(true, Ordering::SeqCst) {
+                        warn!(resource = %key, error = %e, "cannot write status (kept, and written again once the store accepts writes)");
+                    }
+                    all = false;
+                    break;
+                }
+            }
+        }
+        self.changed.notify_all();
+        all
     }
 }
