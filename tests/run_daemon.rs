@@ -202,8 +202,10 @@ fn a_resources_directory_moved_away_forgets_nothing_and_writes_nothing() {
     assert_eq!(lxd_writes(&d), writes);
 }
 
-/// Two controllers, each with its own --owner and resources, on one LXD project: after
-/// converging, neither writes (no fight), and neither deletes a profile the other uses.
+/// Two controllers, each with its own --owner and resources, on one LXD project, in
+/// namespaces `m` and `m-x` (whose profile names `juju-m-x-...` also read as namespace
+/// `m`'s): after converging, a minute of resyncs every 5 s in which neither writes, and
+/// neither deletes or rewrites a profile of the other's when it moves on.
 #[test]
 fn two_controllers_with_their_own_owner_share_a_project_without_fighting() {
     let lxd = TestProject::new();
@@ -211,18 +213,45 @@ fn two_controllers_with_their_own_owner_share_a_project_without_fighting() {
     lxd.empty_instance("i1");
     let (res_a, res_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    std::fs::write(res_a.path().join("r.yaml"), app(1) + &machine(0)).unwrap();
-    std::fs::write(res_b.path().join("r.yaml"), app(1) + &machine(1)).unwrap();
-    let a = Daemon::start(&lxd, res_a.path(), state_a.path(), &["--owner", "blue"]);
-    let b = Daemon::start(&lxd, res_b.path(), state_b.path(), &["--owner", "green"]);
-    let want = ["default", "juju-m", "juju-m-one-1"];
+    let blue = |rev| in_namespace(&(app(rev) + &machine(0)), "m");
+    let green = |rev| in_namespace(&(app(rev) + &machine(1)), "m-x");
+    std::fs::write(res_a.path().join("r.yaml"), blue(1)).unwrap();
+    std::fs::write(res_b.path().join("r.yaml"), green(1)).unwrap();
+    let resync = ["--resync", "5s"];
+    let a = Daemon::start(
+        &lxd,
+        res_a.path(),
+        state_a.path(),
+        &[&resync[..], &["--owner", "blue"]].concat(),
+    );
+    let b = Daemon::start(
+        &lxd,
+        res_b.path(),
+        state_b.path(),
+        &[&resync[..], &["--owner", "green"]].concat(),
+    );
     wait_until("both converged", Duration::from_secs(30), || {
-        lxd.instance_profiles("i0") == want && lxd.instance_profiles("i1") == want
+        lxd.instance_profiles("i0") == ["default", "juju-m", "juju-m-one-1"]
+            && lxd.instance_profiles("i1") == ["default", "juju-m-x", "juju-m-x-one-1"]
     });
-    // Once converged, a window in which nothing may be written by either.
+    let applied = |d: &Daemon| {
+        d.metric("lxd_mutater_resources{controller=\"machine\",phase=\"Applied\"}") == 1.0
+    };
+    wait_until("both report Applied", Duration::from_secs(30), || {
+        applied(&a) && applied(&b)
+    });
+    // Once converged, a minute (a dozen resyncs each) in which neither writes anything.
     let before = (lxd_writes(&a), lxd_writes(&b));
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!((lxd_writes(&a), lxd_writes(&b)), before, "no fight");
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(60) {
+        assert_eq!(
+            (lxd_writes(&a), lxd_writes(&b)),
+            before,
+            "a write {:?} after converging: a fight",
+            window.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     // Each claims its own instance.
     let owner_of = |i: &str| {
         lxd.lxc(&["config", "get", i, "user.lxd-mutater.owner"])
@@ -233,27 +262,41 @@ fn two_controllers_with_their_own_owner_share_a_project_without_fighting() {
         (owner_of("i0"), owner_of("i1")),
         ("blue".into(), "green".into())
     );
-    // Blue moves on to revision 2: the revision-1 profile, still used by green's
-    // instance, stays whoever made it.
-    // Refused so far (both may have raced to create juju-m at the start: one is told it
-    // exists): counted from here.
-    let refused_before = lxd_writes(&a) - lxd_changes(&a);
-    std::fs::write(res_a.path().join("r.yaml"), app(2) + &machine(0)).unwrap();
-    wait_until("blue on revision 2", Duration::from_secs(30), || {
-        lxd.instance_profiles("i0") == ["default", "juju-m", "juju-m-one-2"]
-    });
-    // Blue's cache may not know that green's instance took the revision-1 profile (it
-    // reads only what its own resources name): it may ask LXD once to delete it, LXD
-    // refuses (in use), and blue learns. Nothing LXD accepts, and no second ask.
-    let settled = (lxd_changes(&a), lxd_changes(&b));
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        (lxd_changes(&a), lxd_changes(&b)),
-        settled,
-        "no fight after the change"
+    // Blue moves on to revision 2 and deletes its revision-1 profile; green's profiles,
+    // whose names read as blue's namespace, stay, and green writes nothing.
+    let green_writes = lxd_writes(&b);
+    std::fs::write(res_a.path().join("r.yaml"), blue(2)).unwrap();
+    wait_until(
+        "blue on revision 2, its old profile gone",
+        Duration::from_secs(30),
+        || {
+            lxd.instance_profiles("i0") == ["default", "juju-m", "juju-m-one-2"]
+                && lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_err()
+        },
     );
-    let refused = lxd_writes(&a) - lxd_changes(&a) - refused_before;
-    assert!(refused <= 1.0, "{refused} refused writes: a fight");
-    assert_eq!(lxd.instance_profiles("i1"), want);
-    assert!(lxd.try_lxc(&["profile", "show", "juju-m-one-1"]).is_ok());
+    // And green, likewise, leaves blue's alone.
+    let blue_writes = lxd_writes(&a);
+    std::fs::write(res_b.path().join("r.yaml"), green(2)).unwrap();
+    wait_until(
+        "green on revision 2, its old profile gone",
+        Duration::from_secs(30),
+        || {
+            lxd.instance_profiles("i1") == ["default", "juju-m-x", "juju-m-x-one-2"]
+                && lxd.try_lxc(&["profile", "show", "juju-m-x-one-1"]).is_err()
+        },
+    );
+    assert_eq!(
+        lxd_writes(&a),
+        blue_writes,
+        "blue wrote after green's change"
+    );
+    assert!(lxd_writes(&b) > green_writes);
+    for p in ["juju-m", "juju-m-one-2", "juju-m-x", "juju-m-x-one-2"] {
+        assert!(lxd.try_lxc(&["profile", "show", p]).is_ok(), "{p} deleted");
+    }
+}
+
+/// The resources of `text`, moved to `namespace`.
+fn in_namespace(text: &str, namespace: &str) -> String {
+    text.replace("namespace: m}", &format!("namespace: {namespace}}}"))
 }
