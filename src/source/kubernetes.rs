@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::resource::{Kind, ResourceKey};
 
+use super::bounded::KubeObject;
 use super::{SourceEvent, convert};
 
 /// Retry delays for the API server.
@@ -127,7 +128,7 @@ impl Source {
             .collect()
     }
 
-    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+    fn api(&self, kind: Kind) -> Api<KubeObject> {
         let resource = crate::resource::crd::api_resource(kind);
         match &self.namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
@@ -195,7 +196,7 @@ impl Source {
 
     /// Takes in one event of the watcher; whether it shows the server serving (a
     /// complete list or a change), so that the backoff starts over.
-    fn apply(&self, kind: Kind, state: &mut KindState, event: Event<DynamicObject>) -> bool {
+    fn apply(&self, kind: Kind, state: &mut KindState, event: Event<KubeObject>) -> bool {
         match event {
             Event::Init => {
                 state.seen = Some(HashSet::new());
@@ -203,7 +204,7 @@ impl Source {
             }
             // A page answered, but the list may still fail on the next one.
             Event::InitApply(obj) => {
-                if let Some(key) = self.upsert(kind, &to_value(&obj)) {
+                if let Some(key) = self.upsert(kind, &obj.value) {
                     if let Some(seen) = &mut state.seen {
                         seen.insert(key.clone());
                     }
@@ -226,13 +227,13 @@ impl Source {
                 true
             }
             Event::Apply(obj) => {
-                if let Some(key) = self.upsert(kind, &to_value(&obj)) {
+                if let Some(key) = self.upsert(kind, &obj.value) {
                     state.known.insert(key);
                 }
                 true
             }
             Event::Delete(obj) => {
-                if let Some(key) = convert::key(kind, &to_value(&obj)) {
+                if let Some(key) = convert::key(kind, &obj.value) {
                     state.known.remove(&key);
                     self.forget(&[key]);
                 }
@@ -333,11 +334,6 @@ impl Source {
     }
 }
 
-fn to_value(obj: &DynamicObject) -> Value {
-    // A DynamicObject is plain JSON data: it always serializes.
-    serde_json::to_value(obj).unwrap_or(Value::Null)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +347,7 @@ mod tests {
         (Source::new(tx, client, None), rx)
     }
 
-    fn app(name: &str) -> DynamicObject {
+    fn app(name: &str) -> KubeObject {
         serde_json::from_value(json!({
             "apiVersion": "lxdmutater.dev/v1alpha1", "kind": "Application",
             "metadata": {"name": name, "namespace": "m", "resourceVersion": "1"},

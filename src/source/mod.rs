@@ -4,6 +4,7 @@
 //! A source only reads and emits `SourceEvent`s; whoever receives them feeds the store
 //! and the status stage. A source never writes a status and never talks to LXD.
 
+pub mod bounded;
 pub mod convert;
 pub mod files;
 pub mod kubernetes;
