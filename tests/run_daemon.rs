@@ -133,11 +133,6 @@ fn lxd_writes(d: &Daemon) -> f64 {
     writes_where(d, |_| true)
 }
 
-/// The LXD writes that LXD accepted (a 2xx answer): the ones that changed something.
-fn lxd_changes(d: &Daemon) -> f64 {
-    writes_where(d, |l| l.contains("code=\"2"))
-}
-
 fn writes_where(d: &Daemon, keep: impl Fn(&str) -> bool) -> f64 {
     let text = d.metrics();
     text.lines()
