@@ -44,6 +44,9 @@ struct State {
     in_flight: HashMap<ResourceKey, Status>,
     /// Objects that do not load, and the generation last reported (once each).
     invalid: HashMap<ResourceKey, Option<u64>>,
+    /// The last Error each key was told about in an Event (one per distinct message,
+    /// not one per retry), while it stays in Error.
+    told: HashMap<ResourceKey, String>,
 }
 
 /// What the writer task sends.
@@ -227,6 +230,7 @@ impl StatusStore for KubeStatus {
         s.pending.remove(key);
         s.in_flight.remove(key);
         s.invalid.remove(key);
+        s.told.remove(key);
     }
 
     fn stored(
@@ -257,9 +261,6 @@ impl StatusWriter {
     pub async fn run(mut self) {
         let mut attempts: HashMap<ResourceKey, u32> = HashMap::new();
         let mut rng = fastrand::Rng::new();
-        // The last Error each key was told about in an Event (one per distinct message,
-        // not one per retry).
-        let mut told: HashMap<ResourceKey, String> = HashMap::new();
         while let Some(job) = self.rx.recv().await {
             let key = match job {
                 Job::Status(key) => key,
@@ -297,11 +298,19 @@ impl StatusWriter {
                     let into_error = status.phase == Phase::Error
                         && before.status.as_ref().map(|s| s.phase) != Some(Phase::Error);
                     // An invalid spec has its own event.
-                    if into_error
-                        && !is_invalid_spec(&status)
-                        && told.get(&key) != Some(&status.message)
-                    {
-                        told.insert(key.clone(), status.message.clone());
+                    let tell = {
+                        let mut s = lock(&self.store.state);
+                        if status.phase != Phase::Error {
+                            s.told.remove(&key);
+                        }
+                        into_error
+                            && !is_invalid_spec(&status)
+                            && s.told.get(&key) != Some(&status.message)
+                    };
+                    if tell {
+                        lock(&self.store.state)
+                            .told
+                            .insert(key.clone(), status.message.clone());
                         self.event(
                             &key,
                             before.uid.as_deref(),
