@@ -46,6 +46,7 @@ impl<L: LxdApi + Clone> Pipeline<L> {
         let queue =
             WorkQueue::new("lxd_mutater", opts.backoff).with_metrics(telemetry.queue.clone());
         let metrics = telemetry.metrics.clone();
+        metrics.reconciling(opts.flavour.workloads());
         let report = Reporter::new(status, metrics.clone());
         let feed = Arc::new(LxdFeed::new(lxd.clone(), store.clone(), opts.names.clone()));
         let worker = Worker::new(

@@ -933,7 +933,14 @@ fn status_writes_never_enqueue_work_in_process() {
         ));
         tokio::spawn(writer.run());
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
-        Source::new(events, client, None).spawn();
+        Source::new(
+            events,
+            client,
+            None,
+            lxd_mutater::resource::Kind::ALL.to_vec(),
+            None,
+        )
+        .spawn();
         let routed = ctl.clone();
         tokio::spawn(async move {
             while let Some(e) = received.recv().await {

@@ -169,6 +169,11 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.lease_renew,
         args.lease_duration
     );
+    anyhow::ensure!(
+        !(args.leader_elect && args.flavour == crate::reconcile::Flavour::Container),
+        "--leader-elect is for the replicas of an environ (or all) controller: a host's \
+         container controller is the only one for its Containers and takes no lease"
+    );
     if args.resources.is_some() {
         warn!("--resources is ignored with --source kubernetes");
     }
@@ -205,7 +210,14 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<ExitCode> {
     let http = serve(&args.listen, pipeline.endpoints(telemetry.clone())).await?;
     let mut tasks = start_lxd(&pipeline, args.resync, args.lxd.allow_shared_profiles).await?;
     let (events, source_events) = mpsc::unbounded_channel();
-    tasks.extend(Source::new(events, kube_client, args.namespace.clone()).spawn());
+    let source = Source::new(
+        events,
+        kube_client,
+        args.namespace.clone(),
+        args.flavour.reads(),
+        args.machine.clone(),
+    );
+    tasks.extend(source.spawn());
     tasks.push(forward(source_events, pipeline.clone()));
     // Stopped last on SIGTERM, after the workers' final statuses.
     let writer = tokio::spawn(writer.run());

@@ -44,6 +44,25 @@ pub enum Flavour {
     All,
 }
 
+impl Flavour {
+    /// The kinds this flavour reconciles.
+    pub fn workloads(self) -> &'static [Kind] {
+        match self {
+            Flavour::Environ => &[Kind::Machine],
+            Flavour::Container => &[Kind::Container],
+            Flavour::All => &[Kind::Machine, Kind::Container],
+        }
+    }
+
+    /// The kinds a source must deliver for this flavour: its workloads and the
+    /// Applications they run.
+    pub fn reads(self) -> Vec<Kind> {
+        let mut kinds = vec![Kind::Application];
+        kinds.extend_from_slice(self.workloads());
+        kinds
+    }
+}
+
 /// How the workers run.
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -189,6 +189,16 @@ pub fn crd(kind: Kind) -> Value {
     if let Some(schema) = v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema") {
         clean(schema);
     }
+    // A host's container controller lists only its own Containers: the API server
+    // filters on spec.machine (selectable fields: Kubernetes 1.31 and later).
+    if kind == Kind::Container
+        && let Some(Value::Object(version)) = v.pointer_mut("/spec/versions/0")
+    {
+        version.insert(
+            "selectableFields".into(),
+            serde_json::json!([{"jsonPath": ".spec.machine"}]),
+        );
+    }
     v
 }
 

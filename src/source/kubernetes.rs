@@ -77,9 +77,14 @@ pub struct Source {
     client: kube::Client,
     /// Only this namespace, or all.
     namespace: Option<String>,
+    /// The kinds to watch (a controller of one flavour reads only what it needs).
+    kinds: Vec<Kind>,
+    /// Only the Containers of this host machine (a field selector on `spec.machine`:
+    /// the API server filters, and a host's controller never reads the others').
+    machine: Option<String>,
     /// Objects that do not load now (their last good version is kept).
     broken: Mutex<HashSet<ResourceKey>>,
-    /// Kinds listed at least once; the desired state is loaded at three.
+    /// Kinds listed at least once; the desired state is loaded when all `kinds` are.
     listed: AtomicUsize,
 }
 
@@ -107,11 +112,15 @@ impl Source {
         events: UnboundedSender<SourceEvent>,
         client: kube::Client,
         namespace: Option<String>,
+        kinds: Vec<Kind>,
+        machine: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Source {
             events,
             client,
             namespace,
+            kinds,
+            machine,
             broken: Mutex::new(HashSet::new()),
             listed: AtomicUsize::new(0),
         })
@@ -119,8 +128,9 @@ impl Source {
 
     /// Watches every kind until the process ends.
     pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        Kind::ALL
-            .into_iter()
+        self.kinds
+            .iter()
+            .copied()
             .map(|kind| {
                 let me = self.clone();
                 tokio::spawn(async move { me.run(kind).await })
@@ -138,9 +148,12 @@ impl Source {
 
     /// One kind, until the process ends.
     async fn run(&self, kind: Kind) {
-        let config = watcher::Config::default()
+        let mut config = watcher::Config::default()
             .timeout(WATCH_TIMEOUT_SECS)
             .page_size(PAGE);
+        if let (Kind::Container, Some(machine)) = (kind, &self.machine) {
+            config = config.fields(&format!("spec.machine={machine}"));
+        }
         let mut state = KindState::default();
         let mut delay = Backoff::new(RETRY);
         let mut resumed = Instant::now();
@@ -219,7 +232,7 @@ impl Source {
                 state.known = seen;
                 debug!(kind = %kind, objects = state.known.len(), "listed");
                 if !std::mem::replace(&mut state.loaded, true)
-                    && self.listed.fetch_add(1, Ordering::SeqCst) + 1 == Kind::ALL.len()
+                    && self.listed.fetch_add(1, Ordering::SeqCst) + 1 == self.kinds.len()
                 {
                     info!("desired state loaded from the API server");
                     self.emit(SourceEvent::Loaded);
@@ -344,7 +357,7 @@ mod tests {
         let url = "http://127.0.0.1:1".parse().unwrap();
         let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        (Source::new(tx, client, None), rx)
+        (Source::new(tx, client, None, Kind::ALL.to_vec(), None), rx)
     }
 
     fn app(name: &str) -> KubeObject {

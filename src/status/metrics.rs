@@ -252,22 +252,27 @@ impl Metrics {
             "Resource files (or objects) that do not load now, and the source itself while it cannot read its whole state",
             m.source_files_invalid.clone(),
         );
-        // Every series of a fixed label set exists from the start, at zero, so that rates
-        // and alerts see it before the first event.
-        for controller in [Flavour::machine, Flavour::container] {
+        Arc::new(m)
+    }
+
+    /// Every series of a fixed label set of the controllers that reconcile `kinds`
+    /// exists from then on, at zero, so that rates and alerts see it before the first
+    /// event; an environ controller has no container series, and the other way round.
+    pub fn reconciling(&self, kinds: &[Kind]) {
+        for controller in kinds.iter().map(|k| Flavour::of(*k)) {
             for kind in [DriftKind::profiles, DriftKind::content] {
-                let _ = m
+                let _ = self
                     .drift_detected
                     .get_or_create(&DriftLabels { controller, kind });
-                let _ = m
+                let _ = self
                     .drift_corrected
                     .get_or_create(&DriftLabels { controller, kind });
             }
-            let _ = m
+            let _ = self
                 .resources_drifted
                 .get_or_create(&ControllerLabel { controller });
             for phase in Phase::ALL {
-                let _ = m.resources.get_or_create(&PhaseLabels {
+                let _ = self.resources.get_or_create(&PhaseLabels {
                     controller,
                     phase: phase.as_str().into(),
                 });
@@ -277,21 +282,20 @@ impl Metrics {
                 ReconcileResult::error,
                 ReconcileResult::requeue,
             ] {
-                let _ = m
+                let _ = self
                     .reconciles
                     .get_or_create(&ResultLabels { controller, result });
             }
-            let _ = m
+            let _ = self
                 .reconcile_duration
                 .get_or_create(&ControllerLabel { controller });
             for category in ErrorKind::ALL {
-                let _ = m.errors.get_or_create(&ErrorLabels {
+                let _ = self.errors.get_or_create(&ErrorLabels {
                     controller,
                     category,
                 });
             }
         }
-        Arc::new(m)
     }
 
     pub fn drift_detected(&self, kind: Kind, drift: DriftKind) {
@@ -530,6 +534,7 @@ mod tests {
     fn every_spec_name_is_exposed_with_its_labels_from_the_start() {
         let mut r = Registry::default();
         let m = Metrics::register(&mut r);
+        m.reconciling(&[Kind::Machine, Kind::Container]);
         m.observe("GET", Some(200), Duration::from_millis(3));
         m.error(Kind::Machine, ErrorKind::rejected);
         let text = scrape(&r);
@@ -546,6 +551,21 @@ mod tests {
             "lxd_mutater_source_files_invalid 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_flavour_exposes_only_its_own_controllers_series() {
+        for (kinds, has, hasnt) in [
+            (&[Kind::Machine][..], "machine", "container"),
+            (&[Kind::Container][..], "container", "machine"),
+        ] {
+            let mut r = Registry::default();
+            let m = Metrics::register(&mut r);
+            m.reconciling(kinds);
+            let text = scrape(&r);
+            assert!(text.contains(&format!("controller=\"{has}\"")), "{text}");
+            assert!(!text.contains(&format!("controller=\"{hasnt}\"")), "{text}");
         }
     }
 

@@ -285,10 +285,7 @@ impl Writer {
             {
                 let mut p = self.lock();
                 while p.statuses.is_empty() && !p.closed {
-                    p = self
-                        .changed
-                        .wait(p)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    p = self.changed.wait(p).unwrap_or_else(PoisonError::into_inner);
                 }
                 if p.statuses.is_empty() {
                     return;

@@ -1,5 +1,6 @@
 //! Which objects a list or watch returns: its namespace, `labelSelector` (equality,
-//! inequality and existence) and `fieldSelector` (`metadata.name`, `metadata.namespace`).
+//! inequality and existence) and `fieldSelector` (`metadata.name`, `metadata.namespace`,
+//! and the resource's selectable fields, such as a Container's `spec.machine`).
 
 use serde_json::Value;
 
@@ -26,13 +27,12 @@ impl Filter {
         namespace: Option<String>,
         label_selector: Option<&str>,
         field_selector: Option<&str>,
+        selectable: &[&str],
     ) -> Result<Self, Status> {
         let fields = parse(field_selector.unwrap_or_default(), false)?;
-        if let Some(unknown) = fields
-            .iter()
-            .map(field_of)
-            .find(|f| !matches!(*f, "metadata.name" | "metadata.namespace"))
-        {
+        if let Some(unknown) = fields.iter().map(field_of).find(|f| {
+            !matches!(*f, "metadata.name" | "metadata.namespace") && !selectable.contains(f)
+        }) {
             return Err(Status::bad_request(format!(
                 "field label not supported: {unknown}"
             )));
@@ -54,7 +54,11 @@ impl Filter {
         let label = |k: &str| meta["labels"][k].as_str();
         let field = |k: &str| match k {
             "metadata.name" => meta["name"].as_str(),
-            _ => Some(meta["namespace"].as_str().unwrap_or_default()),
+            "metadata.namespace" => Some(meta["namespace"].as_str().unwrap_or_default()),
+            path => path
+                .split('.')
+                .try_fold(object, |v, part| v.get(part))
+                .and_then(Value::as_str),
         };
         self.labels.iter().all(|r| holds(r, label)) && self.fields.iter().all(|r| holds(r, field))
     }
@@ -109,7 +113,8 @@ mod tests {
     fn label_and_field_selectors_combine() {
         let object =
             json!({"metadata": {"name": "a", "namespace": "demo", "labels": {"app": "x"}}});
-        let filter = |labels, fields| Filter::new(None, labels, fields).map(|f| f.matches(&object));
+        let filter =
+            |labels, fields| Filter::new(None, labels, fields, &[]).map(|f| f.matches(&object));
         assert_eq!(filter(Some("app=x"), Some("metadata.name=a")), Ok(true));
         assert_eq!(filter(Some("app!=x"), None), Ok(false));
         assert_eq!(
@@ -122,9 +127,21 @@ mod tests {
     }
 
     #[test]
+    fn a_selectable_field_selects_by_its_value_and_others_are_refused() {
+        let object = json!({"metadata": {"name": "a"}, "spec": {"machine": "0"}});
+        let filter = |fields| {
+            Filter::new(None, None, Some(fields), &["spec.machine"]).map(|f| f.matches(&object))
+        };
+        assert_eq!(filter("spec.machine=0"), Ok(true));
+        assert_eq!(filter("spec.machine=1"), Ok(false));
+        assert!(filter("spec.instance=x").is_err());
+        assert!(Filter::new(None, None, Some("spec.machine=0"), &[]).is_err());
+    }
+
+    #[test]
     fn namespace_limits_matches() {
         let object = json!({"metadata": {"name": "a", "namespace": "demo"}});
-        let other = Filter::new(Some("other".into()), None, None).map(|f| f.matches(&object));
+        let other = Filter::new(Some("other".into()), None, None, &[]).map(|f| f.matches(&object));
         assert_eq!(other, Ok(false));
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::filter::Filter;
 use crate::patch::{self, PatchType};
+use crate::resources::ResourceType;
 use crate::route::{Query, ResourcePath};
 use crate::server::{Body, Shared, json_response, lock, stream_response};
 use crate::status::Status;
@@ -152,11 +153,12 @@ fn json_body(req: &ResourceRequest<'_>) -> Result<Value, Status> {
         .map_err(|e| Status::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn filter(req: &ResourceRequest<'_>) -> Result<Filter, Status> {
+fn filter(req: &ResourceRequest<'_>, rt: &ResourceType) -> Result<Filter, Status> {
     Filter::new(
         req.path.namespace.clone(),
         req.query.get("labelSelector"),
         req.query.get("fieldSelector"),
+        rt.selectable_fields,
     )
 }
 
@@ -168,7 +170,7 @@ fn list(
     req: &ResourceRequest<'_>,
 ) -> Result<Response<Body>, Status> {
     let rt = store.resource(resource);
-    let filter = filter(req)?;
+    let filter = filter(req, rt)?;
     let limit = req.query.number("limit")?.filter(|l| *l > 0);
     let (revision, after) = match req.query.get("continue") {
         None => (store.revision(), None),
@@ -236,7 +238,7 @@ fn watch(
     };
     let params = WatchParams {
         resource,
-        filter: filter(req)?,
+        filter: filter(req, lock(&shared.store).resource(resource))?,
         from,
         bookmarks: req.query.flag("allowWatchBookmarks"),
         send_initial_events: req.query.flag("sendInitialEvents"),

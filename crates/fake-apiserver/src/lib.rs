@@ -193,6 +193,15 @@ impl FakeApiServer {
         std::fs::write(path, self.kubeconfig_yaml())
     }
 
+    /// A kubeconfig like [`Self::kubeconfig_yaml`] whose user sends `token` as its bearer
+    /// token: the requests it makes carry it in [`Request::user`].
+    pub fn kubeconfig_as(&self, path: impl AsRef<Path>, token: &str) -> io::Result<()> {
+        let yaml = self
+            .kubeconfig_yaml()
+            .replace("  user: {}\n", &format!("  user:\n    token: {token}\n"));
+        std::fs::write(path, yaml)
+    }
+
     /// Creates `object` (its type from `apiVersion` and `kind`, its namespace from
     /// `metadata.namespace`, else `default`) as a user would, with no request logged.
     pub fn create(&self, object: Value) -> Result<Value, Status> {

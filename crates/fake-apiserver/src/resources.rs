@@ -24,6 +24,9 @@ pub struct ResourceType {
     pub status_subresource: bool,
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
+    /// Fields a `fieldSelector` may name beside `metadata.name` and `metadata.namespace`
+    /// (a CRD's `selectableFields`, as paths without the leading dot).
+    pub selectable_fields: &'static [&'static str],
 }
 
 const CATEGORIES: &[&str] = &["lxd-mutater"];
@@ -40,6 +43,7 @@ impl ResourceType {
             status_subresource: true,
             short_names: &[],
             categories: CATEGORIES,
+            selectable_fields: &[],
         }
     }
 
@@ -54,6 +58,7 @@ impl ResourceType {
             status_subresource: false,
             short_names: &[],
             categories: &[],
+            selectable_fields: &[],
         }
     }
 
@@ -65,6 +70,7 @@ impl ResourceType {
     /// lxd-mutater's `Container`.
     pub const CONTAINERS: Self = Self {
         short_names: &["lxdc"],
+        selectable_fields: &["spec.machine"],
         ..Self::custom("containers", "container", "Container")
     };
     /// lxd-mutater's `Application`.

@@ -43,6 +43,9 @@ pub struct Request {
     pub code: u16,
     /// `None` for non-resource paths: discovery, `/version`, `/openapi`.
     pub resource: Option<ResourceAttributes>,
+    /// Who asked: the bearer token, as is (the fake authenticates no one; a test gives
+    /// each client its own token to tell their requests apart).
+    pub user: Option<String>,
 }
 
 /// Which requests a [`Fault::Fail`] fails.
@@ -220,6 +223,12 @@ where
             Route::Resource(r) => Some(r.attributes(&method, &query)),
             _ => None,
         },
+        user: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned),
     };
     let content_type = req
         .headers()
