@@ -592,6 +592,56 @@ fn a_project_sharing_the_default_projects_profiles_is_refused(backend: Backend) 
     );
 }
 
+on_both!(async fn a_list_that_drops_the_instances_root_disk_is_refused_by_incus_only);
+/// The root disk comes from an operator's profile that the expected list drops. LXD 5.0
+/// lets a stopped instance lose its root disk; Incus refuses the PATCH ("Invalid root disk
+/// device"), so there the resource is Error with Incus' reason and the instance keeps its
+/// list (the PATCH is atomic).
+async fn a_list_that_drops_the_instances_root_disk_is_refused_by_incus_only(backend: Backend) {
+    let h = Harness::new(backend);
+    h.lxd.lxc(&["profile", "create", "disk"]);
+    let root = ["root", "disk", "path=/", "pool=default"];
+    h.lxd
+        .lxc(&[&["profile", "device", "add", "disk"][..], &root].concat());
+    h.lxd
+        .lxc(&["profile", "device", "remove", "default", "root"]);
+    h.lxd.lxc(&[
+        "init",
+        "--empty",
+        "i0",
+        "--profile",
+        "default",
+        "--profile",
+        "disk",
+    ]);
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    let s = h.status(Kind::Machine, "0");
+    match backend {
+        Backend::Lxd => {
+            assert_eq!(s.phase, Phase::Applied, "{}", s.message);
+            assert_eq!(
+                h.profiles("i0"),
+                strings(&["default", "juju-m", "juju-m-one-3"])
+            );
+        }
+        Backend::Incus => {
+            assert_eq!(s.phase, Phase::Error);
+            assert_eq!(
+                s.message,
+                "cannot upgrade machine's lxd profile: Invalid root disk device: No root device could be found"
+            );
+            assert_eq!(h.profiles("i0"), strings(&["default", "disk"]));
+        }
+    }
+    // The project's clean-up removes the root disk of `default`: give it back.
+    h.lxd
+        .lxc(&[&["profile", "device", "add", "default"][..], &root].concat());
+}
+
 on_both!(async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched);
 async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched(backend: Backend) {
     let h = Harness::new(backend);
