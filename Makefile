@@ -4,9 +4,11 @@ CARGO ?= cargo
 
 .PHONY: run run-kubernetes test bench soak lxd test-deps k8s-tools build check-tools install uninstall build-release deb
 
-## Bring up a local LXD (installs Debian's lxd as root when none answers).
+## Bring up a local LXD and Incus beside it (installs Debian's lxd, and incus from
+## bookworm-backports, as root when none answers): the integration tests run on both.
 lxd:
 	bash scripts/lxd-up.sh
+	bash scripts/incus-up.sh
 
 ## Prometheus and promtool for the observability tests.
 test-deps:

@@ -83,8 +83,11 @@ pub struct ResourcesArg {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LxdArgs {
-    /// LXD to talk to: unix:///path/unix.socket or https://host:8443. Default:
-    /// $LXD_SOCKET, else $LXD_DIR/unix.socket, else the snap socket, else Debian's.
+    /// LXD (5.x) or Incus (6.x) to talk to: unix:///path/unix.socket or
+    /// https://host:8443. Default: $LXD_SOCKET, else $LXD_DIR/unix.socket, else
+    /// $INCUS_SOCKET, else $INCUS_DIR/unix.socket, else the first that answers of the snap's
+    /// LXD socket, Debian's (/var/lib/lxd/unix.socket) and Incus'
+    /// (/var/lib/incus/unix.socket), else the first of them that exists.
     #[arg(long, env = "LXD_MUTATER_LXD", value_name = "URL")]
     pub lxd: Option<String>,
     /// LXD project to work in.

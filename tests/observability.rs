@@ -1,7 +1,8 @@
 //! What operators see: `/metrics` with every SPEC §8 series, drift counted exactly once
 //! and corrected through LXD events (with the resync an hour away), `/readyz`, a real
 //! Prometheus scraping the controller, and alert rules and a dashboard that use only
-//! metrics the controller really exposes. Through the built binary and the real LXD.
+//! metrics the controller really exposes. Through the built binary and the real LXD, and
+//! the real Incus (each scenario twice, `::lxd` and `::incus`).
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Daemon, TestProject, http_get, wait_until};
+use support::{Backend, Daemon, TestProject, http_get, wait_until};
 
 const RESOURCES: &str = "apiVersion: lxdmutater.dev/v1alpha1
 kind: Application
@@ -45,8 +46,8 @@ struct Setup {
 
 /// A converged controller with the resync an hour away: whatever it corrects from here
 /// on, it learned from LXD's events.
-fn converged() -> Setup {
-    let lxd = TestProject::new();
+fn converged(backend: Backend) -> Setup {
+    let lxd = TestProject::on(backend);
     for i in ["i0", "i1", "c0"] {
         lxd.empty_instance(i);
     }
@@ -75,9 +76,9 @@ const DETECTED_PROFILES: &str =
 const CORRECTED_PROFILES: &str =
     "lxd_mutater_drift_corrected_total{controller=\"machine\",kind=\"profiles\"}";
 
-#[test]
-fn metrics_expose_every_spec_series_and_count_one_manual_drift_once() {
-    let s = converged();
+on_both!(fn metrics_expose_every_spec_series_and_count_one_manual_drift_once);
+fn metrics_expose_every_spec_series_and_count_one_manual_drift_once(backend: Backend) {
+    let s = converged(backend);
     let text = s.daemon.metrics();
     for series in [
         "lxd_mutater_drift_detected_total{controller=\"machine\",kind=\"profiles\"}",
@@ -167,11 +168,11 @@ fn metrics_expose_every_spec_series_and_count_one_manual_drift_once() {
     );
 }
 
+on_both!(fn manual_drift_is_corrected_through_events_without_waiting_for_the_resync);
 /// With the resync an hour away, 20 manual drifts are corrected through the events; the
 /// time from `lxc profile assign` returning to the list being right again is printed.
-#[test]
-fn manual_drift_is_corrected_through_events_without_waiting_for_the_resync() {
-    let s = converged();
+fn manual_drift_is_corrected_through_events_without_waiting_for_the_resync(backend: Backend) {
+    let s = converged(backend);
     let mut took = Vec::new();
     for k in 0..20 {
         let wrong = if k % 2 == 0 {
@@ -194,9 +195,9 @@ fn manual_drift_is_corrected_through_events_without_waiting_for_the_resync() {
     );
 }
 
-#[test]
-fn readyz_is_503_while_lxd_does_not_answer_and_healthz_still_200() {
-    let lxd = TestProject::new();
+on_both!(fn readyz_is_503_while_lxd_does_not_answer_and_healthz_still_200);
+fn readyz_is_503_while_lxd_does_not_answer_and_healthz_still_200(backend: Backend) {
+    let lxd = TestProject::on(backend);
     let resources = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(resources.path().join("r.yaml"), RESOURCES).unwrap();
@@ -219,9 +220,9 @@ fn readyz_is_503_while_lxd_does_not_answer_and_healthz_still_200() {
     });
 }
 
-#[test]
-fn a_real_prometheus_scrapes_the_controller_and_the_rules_use_only_real_metrics() {
-    let s = converged();
+on_both!(fn a_real_prometheus_scrapes_the_controller_and_the_rules_use_only_real_metrics);
+fn a_real_prometheus_scrapes_the_controller_and_the_rules_use_only_real_metrics(backend: Backend) {
+    let s = converged(backend);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
 
     // The rules are valid, and every metric the rules and the dashboard use is exposed.
@@ -320,12 +321,12 @@ fn a_real_prometheus_scrapes_the_controller_and_the_rules_use_only_real_metrics(
     assert!(n >= 1.0, "{answer}");
 }
 
+on_both!(fn json_logs_have_one_line_per_change_and_none_for_a_pass_in_sync);
 /// `--log-format json`: one line per reconcile that changed something, with the resource,
 /// the result, the lists and the duration; nothing at info level for one that found
 /// nothing to do.
-#[test]
-fn json_logs_have_one_line_per_change_and_none_for_a_pass_in_sync() {
-    let lxd = TestProject::new();
+fn json_logs_have_one_line_per_change_and_none_for_a_pass_in_sync(backend: Backend) {
+    let lxd = TestProject::on(backend);
     for i in ["i0", "i1", "c0"] {
         lxd.empty_instance(i);
     }
@@ -333,7 +334,8 @@ fn json_logs_have_one_line_per_change_and_none_for_a_pass_in_sync() {
     let state = tempfile::tempdir().unwrap();
     std::fs::write(resources.path().join("r.yaml"), RESOURCES).unwrap();
     let once = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+        let out = lxd
+            .mutater()
             .args(["run", "--once", "--log-format", "json", "--resources"])
             .arg(resources.path())
             .arg("--state-dir")

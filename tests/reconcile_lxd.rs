@@ -1,10 +1,10 @@
-//! Juju's instancemutater behaviour, as tests against the real LXD daemon: each in its
-//! own project, through the controller library (so LXD writes can be counted) or the
-//! built binary, asserting on LXD state and on status.
+//! Juju's instancemutater behaviour, as tests against the real LXD daemon and the real
+//! Incus daemon (each scenario twice, `::lxd` and `::incus`): each in its own project,
+//! through the controller library (so LXD writes can be counted) or the built binary,
+//! asserting on LXD state and on status.
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use lxd_mutater::source::files::FileSnapshot;
 use lxd_mutater::status::StatusStore;
 use lxd_mutater::status::files::StatusFiles;
 use lxd_mutater::status::metrics::Telemetry;
-use support::TestProject;
+use support::{Backend, TestProject};
 
 /// Counts LXD requests: reads, and writes (anything that changes LXD).
 #[derive(Default)]
@@ -48,9 +48,9 @@ struct Harness {
 const MODEL: &str = "m";
 
 impl Harness {
-    fn new() -> Harness {
+    fn new(backend: Backend) -> Harness {
         Harness {
-            lxd: TestProject::new(),
+            lxd: TestProject::on(backend),
             resources: tempfile::tempdir().unwrap(),
             state: tempfile::tempdir().unwrap(),
             requests: Arc::new(Requests::default()),
@@ -58,8 +58,8 @@ impl Harness {
     }
 
     /// Instance `i0`, Application `one` (revision 3, a profile) and Machine `0` on it.
-    fn one_machine() -> Harness {
-        let h = Harness::new();
+    fn one_machine(backend: Backend) -> Harness {
+        let h = Harness::new(backend);
         h.lxd.empty_instance("i0");
         h.write(
             "r.yaml",
@@ -163,9 +163,11 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-#[tokio::test]
-async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_sends_no_write() {
-    let h = Harness::one_machine();
+on_both!(async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_sends_no_write);
+async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_sends_no_write(
+    backend: Backend,
+) {
+    let h = Harness::one_machine(backend);
     h.pass().await;
     let want = strings(&["default", "juju-m", "juju-m-one-3"]);
     assert_eq!(h.profiles("i0"), want);
@@ -197,9 +199,11 @@ async fn machine_with_one_application_gets_base_and_charm_profile_then_in_sync_s
     assert_eq!(h.status(Kind::Machine, "0").phase, Phase::Applied);
 }
 
-#[tokio::test]
-async fn removed_application_leaves_base_profiles_and_its_unused_profile_is_deleted() {
-    let h = Harness::one_machine();
+on_both!(async fn removed_application_leaves_base_profiles_and_its_unused_profile_is_deleted);
+async fn removed_application_leaves_base_profiles_and_its_unused_profile_is_deleted(
+    backend: Backend,
+) {
+    let h = Harness::one_machine(backend);
     h.pass().await;
     h.write(
         "r.yaml",
@@ -214,9 +218,9 @@ async fn removed_application_leaves_base_profiles_and_its_unused_profile_is_dele
     assert!(h.has_profile("juju-m"), "the model profile stays");
 }
 
-#[tokio::test]
-async fn upgrade_switches_in_one_patch_and_keeps_the_old_profile_while_used() {
-    let h = Harness::new();
+on_both!(async fn upgrade_switches_in_one_patch_and_keeps_the_old_profile_while_used);
+async fn upgrade_switches_in_one_patch_and_keeps_the_old_profile_while_used(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     h.lxd.empty_instance("i1");
     let machines = machine("0", Some("i0"), &["one"], "") + &machine("1", Some("i1"), &["one"], "");
@@ -260,9 +264,11 @@ async fn upgrade_switches_in_one_patch_and_keeps_the_old_profile_while_used() {
     assert_eq!(h.writes() - before, 2, "one PATCH, one DELETE");
 }
 
-#[tokio::test]
-async fn container_flavour_has_default_base_and_machine_filter_takes_only_that_hosts_containers() {
-    let h = Harness::new();
+on_both!(async fn container_flavour_has_default_base_and_machine_filter_takes_only_that_hosts_containers);
+async fn container_flavour_has_default_base_and_machine_filter_takes_only_that_hosts_containers(
+    backend: Backend,
+) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("c0");
     h.lxd.empty_instance("c1");
     h.write(
@@ -280,9 +286,9 @@ async fn container_flavour_has_default_base_and_machine_filter_takes_only_that_h
     );
 }
 
-#[tokio::test]
-async fn applications_without_profiles_add_nothing_and_duplicates_collapse() {
-    let h = Harness::new();
+on_both!(async fn applications_without_profiles_add_nothing_and_duplicates_collapse);
+async fn applications_without_profiles_add_nothing_and_duplicates_collapse(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     let apps = app("one", 3, NESTING)
         + &app("bare", 1, "")
@@ -303,9 +309,9 @@ async fn applications_without_profiles_add_nothing_and_duplicates_collapse() {
     assert!(!h.has_profile("juju-m-bare-1"));
 }
 
-#[tokio::test]
-async fn dead_and_manual_machines_are_skipped_and_untouched() {
-    let h = Harness::new();
+on_both!(async fn dead_and_manual_machines_are_skipped_and_untouched);
+async fn dead_and_manual_machines_are_skipped_and_untouched(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     h.lxd.empty_instance("i1");
     let r = app("one", 3, NESTING)
@@ -320,9 +326,9 @@ async fn dead_and_manual_machines_are_skipped_and_untouched() {
     assert_eq!(h.writes(), 0);
 }
 
-#[tokio::test]
-async fn no_instance_yet_is_pending_then_applied_once_named() {
-    let h = Harness::new();
+on_both!(async fn no_instance_yet_is_pending_then_applied_once_named);
+async fn no_instance_yet_is_pending_then_applied_once_named(backend: Backend) {
+    let h = Harness::new(backend);
     h.write(
         "r.yaml",
         &(app("one", 3, NESTING) + &machine("0", None, &["one"], "")),
@@ -342,9 +348,11 @@ async fn no_instance_yet_is_pending_then_applied_once_named() {
     );
 }
 
-#[tokio::test]
-async fn missing_instance_or_rejected_profile_is_an_error_and_the_others_converge() {
-    let h = Harness::new();
+on_both!(async fn missing_instance_or_rejected_profile_is_an_error_and_the_others_converge);
+async fn missing_instance_or_rejected_profile_is_an_error_and_the_others_converge(
+    backend: Backend,
+) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     h.lxd.empty_instance("i2");
     // Forced past Juju's rules, but LXD itself refuses the value.
@@ -383,9 +391,9 @@ async fn missing_instance_or_rejected_profile_is_an_error_and_the_others_converg
     assert_eq!(h.profiles("i2"), strings(&["default"]));
 }
 
-#[tokio::test]
-async fn manual_drift_is_corrected_and_counted_and_dry_run_only_reports_it() {
-    let h = Harness::one_machine();
+on_both!(async fn manual_drift_is_corrected_and_counted_and_dry_run_only_reports_it);
+async fn manual_drift_is_corrected_and_counted_and_dry_run_only_reports_it(backend: Backend) {
+    let h = Harness::one_machine(backend);
     h.pass().await;
     let want = strings(&["default", "juju-m", "juju-m-one-3"]);
 
@@ -434,9 +442,9 @@ async fn manual_drift_is_corrected_and_counted_and_dry_run_only_reports_it() {
     );
 }
 
-#[tokio::test]
-async fn a_profile_without_the_owner_key_is_never_rewritten_or_deleted() {
-    let h = Harness::new();
+on_both!(async fn a_profile_without_the_owner_key_is_never_rewritten_or_deleted);
+async fn a_profile_without_the_owner_key_is_never_rewritten_or_deleted(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     h.lxd.lxc(&["profile", "create", "juju-m-one-3"]);
     h.lxd.lxc(&[
@@ -466,11 +474,11 @@ async fn a_profile_without_the_owner_key_is_never_rewritten_or_deleted() {
     assert_eq!(h.writes(), 1);
 }
 
+on_both!(async fn a_hand_made_profile_mounting_the_host_is_never_attached);
 /// Reproduction: a hand-made `juju-m-one-9` (no owner key) mounting the host's `/`, then
 /// revision 9 in the resources. It used to be attached to every machine.
-#[tokio::test]
-async fn a_hand_made_profile_mounting_the_host_is_never_attached() {
-    let h = Harness::new();
+async fn a_hand_made_profile_mounting_the_host_is_never_attached(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     h.lxd.empty_instance("i1");
     let two = |rev| {
@@ -505,7 +513,9 @@ async fn a_hand_made_profile_mounting_the_host_is_never_attached() {
         assert!(s.message.contains("not attached"), "{}", s.message);
     }
     // diff reports it (exit 2) and changes nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+    let out = h
+        .lxd
+        .mutater()
         .args(["diff", "--resources", h.resources.path().to_str().unwrap()])
         .args(["--lxd-project", h.lxd.name()])
         .output()
@@ -518,11 +528,11 @@ async fn a_hand_made_profile_mounting_the_host_is_never_attached() {
     );
 }
 
+on_both!(async fn two_resources_naming_one_instance_write_nothing_to_it);
 /// Machines in two namespaces naming one instance: both Error, naming each other, and
 /// the instance is not written (it used to end with whichever came last).
-#[tokio::test]
-async fn two_resources_naming_one_instance_write_nothing_to_it() {
-    let h = Harness::new();
+async fn two_resources_naming_one_instance_write_nothing_to_it(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     let other =
         machine("0", Some("i0"), &["one"], "").replace("namespace: m}", "namespace: other}");
@@ -544,23 +554,24 @@ async fn two_resources_naming_one_instance_write_nothing_to_it() {
     assert!(theirs.message.contains("Machine/m/0"), "{}", theirs.message);
 }
 
+on_both!(fn a_project_sharing_the_default_projects_profiles_is_refused);
 /// A project without profiles of its own (features.profiles=false) shares the default
 /// project's: refused with the reason, nothing written, unless allowed.
-#[test]
-fn a_project_sharing_the_default_projects_profiles_is_refused() {
+fn a_project_sharing_the_default_projects_profiles_is_refused(backend: Backend) {
     let name = format!("t-shared-{}", std::process::id());
-    support::lxc_global(&["project", "create", &name, "-c", "features.profiles=false"]);
-    struct Gone(String);
+    let cli = |args: &[&str]| support::cli_global(backend, args);
+    cli(&["project", "create", &name, "-c", "features.profiles=false"]);
+    struct Gone(Backend, String);
     impl Drop for Gone {
         fn drop(&mut self) {
-            let _ = support::try_lxc_global(&["project", "delete", &self.0]);
+            let _ = support::try_cli_global(self.0, &["project", "delete", &self.1]);
         }
     }
-    let _gone = Gone(name.clone());
+    let _gone = Gone(backend, name.clone());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("r.yaml"), app("one", 3, NESTING)).unwrap();
-    let before = support::lxc_global(&["profile", "list", "--project", "default", "-f", "csv"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+    let before = cli(&["profile", "list", "--project", "default", "-f", "csv"]);
+    let out = support::mutater(backend)
         .args(["run", "--once", "--resources", dir.path().to_str().unwrap()])
         .args([
             "--lxd-project",
@@ -574,16 +585,66 @@ fn a_project_sharing_the_default_projects_profiles_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("features.profiles=false"), "{err}");
     assert!(err.contains("--allow-shared-profiles"), "{err}");
-    let after = support::lxc_global(&["profile", "list", "--project", "default", "-f", "csv"]);
+    let after = cli(&["profile", "list", "--project", "default", "-f", "csv"]);
     assert_eq!(
         before, after,
         "nothing written to the default project's profiles"
     );
 }
 
-#[tokio::test]
-async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched() {
-    let h = Harness::new();
+on_both!(async fn a_list_that_drops_the_instances_root_disk_is_refused_by_incus_only);
+/// The root disk comes from an operator's profile that the expected list drops. LXD 5.0
+/// lets a stopped instance lose its root disk; Incus refuses the PATCH ("Invalid root disk
+/// device"), so there the resource is Error with Incus' reason and the instance keeps its
+/// list (the PATCH is atomic).
+async fn a_list_that_drops_the_instances_root_disk_is_refused_by_incus_only(backend: Backend) {
+    let h = Harness::new(backend);
+    h.lxd.lxc(&["profile", "create", "disk"]);
+    let root = ["root", "disk", "path=/", "pool=default"];
+    h.lxd
+        .lxc(&[&["profile", "device", "add", "disk"][..], &root].concat());
+    h.lxd
+        .lxc(&["profile", "device", "remove", "default", "root"]);
+    h.lxd.lxc(&[
+        "init",
+        "--empty",
+        "i0",
+        "--profile",
+        "default",
+        "--profile",
+        "disk",
+    ]);
+    h.write(
+        "r.yaml",
+        &(app("one", 3, NESTING) + &machine("0", Some("i0"), &["one"], "")),
+    );
+    h.pass().await;
+    let s = h.status(Kind::Machine, "0");
+    match backend {
+        Backend::Lxd => {
+            assert_eq!(s.phase, Phase::Applied, "{}", s.message);
+            assert_eq!(
+                h.profiles("i0"),
+                strings(&["default", "juju-m", "juju-m-one-3"])
+            );
+        }
+        Backend::Incus => {
+            assert_eq!(s.phase, Phase::Error);
+            assert_eq!(
+                s.message,
+                "cannot upgrade machine's lxd profile: Invalid root disk device: No root device could be found"
+            );
+            assert_eq!(h.profiles("i0"), strings(&["default", "disk"]));
+        }
+    }
+    // The project's clean-up removes the root disk of `default`: give it back.
+    h.lxd
+        .lxc(&[&["profile", "device", "add", "default"][..], &root].concat());
+}
+
+on_both!(async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched);
+async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched(backend: Backend) {
+    let h = Harness::new(backend);
     h.lxd.empty_instance("i0");
     h.write("r.yaml", &machine("0", Some("i0"), &["ghost"], ""));
     h.pass().await;
@@ -597,14 +658,14 @@ async fn a_machine_naming_a_missing_application_is_an_error_and_lxd_is_untouched
     assert_eq!(h.profiles("i0"), strings(&["default"]));
 }
 
+on_both!(fn once_and_diff_exit_codes_through_the_binary);
 /// The binary's `--once` and `diff` exit codes, and `get`.
-#[test]
-fn once_and_diff_exit_codes_through_the_binary() {
-    let h = Harness::one_machine();
-    let bin = env!("CARGO_BIN_EXE_lxd-mutater");
+fn once_and_diff_exit_codes_through_the_binary(backend: Backend) {
+    let h = Harness::one_machine(backend);
     let res = h.resources.path().to_str().unwrap();
     let diff = || {
-        Command::new(bin)
+        h.lxd
+            .mutater()
             .args(["diff", "--resources", res, "--lxd-project", h.lxd.name()])
             .output()
             .unwrap()
@@ -623,7 +684,8 @@ fn once_and_diff_exit_codes_through_the_binary() {
     );
     let state = h.state.path().to_str().unwrap();
     let once = || {
-        Command::new(bin)
+        h.lxd
+            .mutater()
             .args(["run", "--once", "--resources", res])
             .args(["--lxd-project", h.lxd.name(), "--state-dir", state])
             .output()
@@ -657,7 +719,9 @@ fn once_and_diff_exit_codes_through_the_binary() {
     assert_eq!(once().status.code(), Some(0));
     assert!(h.lxd.try_lxc(&["profile", "show", "juju-m-old-1"]).is_err());
     assert_eq!(diff().status.code(), Some(0));
-    let get = Command::new(bin)
+    let get = h
+        .lxd
+        .mutater()
         .args(["get", "machines", "--state-dir", state])
         .output()
         .unwrap();
@@ -671,12 +735,16 @@ fn once_and_diff_exit_codes_through_the_binary() {
         "{table}"
     );
     // A usage error is 1, never the 2 of drift; a log level that is not one is refused.
-    let out = Command::new(bin)
+    let out = h
+        .lxd
+        .mutater()
         .args(["diff", "--resources", res, "--lxd-projekt", h.lxd.name()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let out = Command::new(bin)
+    let out = h
+        .lxd
+        .mutater()
         .args([
             "run",
             "--once",
@@ -716,9 +784,9 @@ fn once_and_diff_exit_codes_through_the_binary() {
     );
 }
 
-#[test]
-fn a_project_that_does_not_exist_is_named_as_such() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+on_both!(fn a_project_that_does_not_exist_is_named_as_such);
+fn a_project_that_does_not_exist_is_named_as_such(backend: Backend) {
+    let out = support::mutater(backend)
         .args([
             "diff",
             "--resources",
@@ -732,16 +800,17 @@ fn a_project_that_does_not_exist_is_named_as_such() {
     assert!(err.contains("\"no-such-project-here\""), "{err}");
 }
 
+on_both!(fn get_watch_prints_each_status_change);
 /// `get machines --watch` prints the listing, then a line each time a status changes,
 /// within a second of the write; `-o wide` adds the drift count and the message.
-#[test]
-fn get_watch_prints_each_status_change() {
+fn get_watch_prints_each_status_change(backend: Backend) {
     use std::io::BufRead;
-    let h = Harness::one_machine();
-    let bin = env!("CARGO_BIN_EXE_lxd-mutater");
+    let h = Harness::one_machine(backend);
     let state = h.state.path().to_str().unwrap();
     let res = h.resources.path().to_str().unwrap();
-    let mut watch = Command::new(bin)
+    let mut watch = h
+        .lxd
+        .mutater()
         .args([
             "get",
             "machines",
@@ -781,7 +850,9 @@ fn get_watch_prints_each_status_change() {
         "{}",
         header.1
     );
-    let out = Command::new(bin)
+    let out = h
+        .lxd
+        .mutater()
         .args(["run", "--once", "--resources", res, "--state-dir", state])
         .args(["--lxd-project", h.lxd.name()])
         .output()

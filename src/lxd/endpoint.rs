@@ -1,6 +1,8 @@
 //! Where LXD is: a Unix socket or an HTTPS address with a client certificate and a pinned
-//! server certificate (SPEC §5).
+//! server certificate (SPEC §5). Incus 6.x speaks the same API at `/1.0` and is reached the
+//! same way; the default search finds its socket when no LXD answers.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use super::error::LxdError;
@@ -9,6 +11,9 @@ use super::error::LxdError;
 pub const SNAP_SOCKET: &str = "/var/snap/lxd/common/lxd/unix.socket";
 /// Debian's (and a source build's) socket: the last resort.
 pub const DEBIAN_SOCKET: &str = "/var/lib/lxd/unix.socket";
+/// Incus' socket (Debian's bookworm-backports package, Zabbly's packages): taken when no
+/// LXD socket answers.
+pub const INCUS_SOCKET: &str = "/var/lib/incus/unix.socket";
 /// LXD's default HTTPS port, used when an `https://` URL names none.
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 
@@ -29,9 +34,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Reads `--lxd` and its certificate flags. `None` discovers the local socket:
-    /// `$LXD_SOCKET`, else `$LXD_DIR/unix.socket`, else the snap's socket if it exists,
-    /// else Debian's. Files are only named here; `LxdClient::new` reads them.
+    /// Reads `--lxd` and its certificate flags. `None` discovers the local socket (see
+    /// `discover_socket`). Files are only named here; `LxdClient::new` reads them.
     pub fn parse(
         url: Option<&str>,
         client_cert: Option<PathBuf>,
@@ -41,7 +45,7 @@ impl Endpoint {
         let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
             return Ok(Endpoint::Unix(discover_socket(
                 |name| std::env::var_os(name).map(PathBuf::from),
-                |path| path.exists(),
+                probe_socket,
             )));
         };
         if let Some(path) = url.strip_prefix("unix://") {
@@ -103,22 +107,67 @@ fn unix_endpoint(url: &str, path: &str) -> Result<Endpoint, LxdError> {
     Ok(Endpoint::Unix(path.to_path_buf()))
 }
 
-/// The discovery order of SPEC §5, with the environment and the file system passed in so
-/// that it can be tested.
+/// What is found at a socket's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SocketState {
+    /// Nothing there.
+    Absent,
+    /// The file is there but nobody accepts on it: a daemon stopped or restarting (its
+    /// socket file stays behind).
+    Silent,
+    /// A daemon accepts connections on it.
+    Answers,
+}
+
+/// Connects and hangs up at once (an LXD 5.0 connection that stays open without a
+/// request stalls the daemon, so nothing lingers).
+fn probe_socket(path: &Path) -> SocketState {
+    if UnixStream::connect(path).is_ok() {
+        SocketState::Answers
+    } else if path.exists() {
+        SocketState::Silent
+    } else {
+        SocketState::Absent
+    }
+}
+
+/// The socket to use when no URL is given, with the environment and the probe passed in
+/// so that the order can be tested:
+/// 1. `$LXD_SOCKET`, else `$LXD_DIR/unix.socket`, else `$INCUS_SOCKET`, else
+///    `$INCUS_DIR/unix.socket` (the variables each daemon's own client reads);
+/// 2. the first of the snap's LXD socket, Debian's LXD socket and Incus' socket that
+///    answers: LXD before Incus, so a machine that has both keeps talking to LXD;
+/// 3. else the first of them that exists: a daemon that is restarting is waited for
+///    rather than swapped for another;
+/// 4. else Debian's LXD socket, which the error then names.
 pub(crate) fn discover_socket(
     env: impl Fn(&str) -> Option<PathBuf>,
-    exists: impl Fn(&Path) -> bool,
+    probe: impl Fn(&Path) -> SocketState,
 ) -> PathBuf {
-    if let Some(socket) = env("LXD_SOCKET").filter(|p| !p.as_os_str().is_empty()) {
+    let set = |name: &str| env(name).filter(|p| !p.as_os_str().is_empty());
+    if let Some(socket) = set("LXD_SOCKET") {
         return socket;
     }
-    if let Some(dir) = env("LXD_DIR").filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(dir) = set("LXD_DIR") {
         return dir.join("unix.socket");
     }
-    if exists(Path::new(SNAP_SOCKET)) {
-        return PathBuf::from(SNAP_SOCKET);
+    if let Some(socket) = set("INCUS_SOCKET") {
+        return socket;
     }
-    PathBuf::from(DEBIAN_SOCKET)
+    if let Some(dir) = set("INCUS_DIR") {
+        return dir.join("unix.socket");
+    }
+    let mut silent = None;
+    for candidate in [SNAP_SOCKET, DEBIAN_SOCKET, INCUS_SOCKET] {
+        match probe(Path::new(candidate)) {
+            SocketState::Answers => return PathBuf::from(candidate),
+            SocketState::Silent => {
+                silent.get_or_insert(candidate);
+            }
+            SocketState::Absent => {}
+        }
+    }
+    PathBuf::from(silent.unwrap_or(DEBIAN_SOCKET))
 }
 
 /// `host[:port][/]` -> (host, port). IPv6 literals come in brackets; the brackets are
@@ -256,23 +305,125 @@ mod tests {
                     .map(|(_, v)| PathBuf::from(v))
             }
         };
+        use SocketState::{Absent, Answers};
+        let all = |_: &Path| Answers;
+        // The variables win over any socket, LXD's over Incus'; an empty one is unset.
         assert_eq!(
-            discover_socket(env(&[("LXD_SOCKET", "/a.sock"), ("LXD_DIR", "/d")]), |_| {
-                true
-            }),
+            discover_socket(env(&[("LXD_SOCKET", "/a.sock"), ("LXD_DIR", "/d")]), all),
             PathBuf::from("/a.sock")
         );
         assert_eq!(
-            discover_socket(env(&[("LXD_SOCKET", ""), ("LXD_DIR", "/d")]), |_| true),
+            discover_socket(
+                env(&[
+                    ("LXD_SOCKET", ""),
+                    ("LXD_DIR", "/d"),
+                    ("INCUS_SOCKET", "/i")
+                ]),
+                all
+            ),
             PathBuf::from("/d/unix.socket")
         );
         assert_eq!(
-            discover_socket(env(&[]), |p| p == Path::new(SNAP_SOCKET)),
+            discover_socket(env(&[("INCUS_SOCKET", "/i"), ("INCUS_DIR", "/e")]), all),
+            PathBuf::from("/i")
+        );
+        assert_eq!(
+            discover_socket(env(&[("LXD_DIR", ""), ("INCUS_DIR", "/e")]), all),
+            PathBuf::from("/e/unix.socket")
+        );
+        assert_eq!(
+            discover_socket(env(&[]), |p| if p == Path::new(SNAP_SOCKET) {
+                Answers
+            } else {
+                Absent
+            }),
+            PathBuf::from(SNAP_SOCKET)
+        );
+    }
+
+    /// A probe that finds `answers` answering, `silent` there but silent, nothing else.
+    fn probe(
+        answers: &'static [&'static str],
+        silent: &'static [&'static str],
+    ) -> impl Fn(&Path) -> SocketState {
+        move |p: &Path| {
+            let is = |list: &[&str]| list.iter().any(|s| Path::new(s) == p);
+            if is(answers) {
+                SocketState::Answers
+            } else if is(silent) {
+                SocketState::Silent
+            } else {
+                SocketState::Absent
+            }
+        }
+    }
+
+    #[test]
+    fn a_machine_with_lxd_and_incus_talks_to_lxd() {
+        let none = |_: &str| None;
+        assert_eq!(
+            discover_socket(
+                none,
+                probe(&[SNAP_SOCKET, DEBIAN_SOCKET, INCUS_SOCKET], &[])
+            ),
             PathBuf::from(SNAP_SOCKET)
         );
         assert_eq!(
-            discover_socket(env(&[]), |_| false),
+            discover_socket(none, probe(&[DEBIAN_SOCKET, INCUS_SOCKET], &[])),
             PathBuf::from(DEBIAN_SOCKET)
         );
+    }
+
+    #[test]
+    fn incus_is_found_when_no_lxd_answers() {
+        let none = |_: &str| None;
+        assert_eq!(
+            discover_socket(none, probe(&[INCUS_SOCKET], &[])),
+            PathBuf::from(INCUS_SOCKET)
+        );
+        // LXD stopped (its socket file stays) or removed after lxd-to-incus: Incus.
+        assert_eq!(
+            discover_socket(none, probe(&[INCUS_SOCKET], &[SNAP_SOCKET, DEBIAN_SOCKET])),
+            PathBuf::from(INCUS_SOCKET)
+        );
+        // An answering Debian LXD beats a silent snap one.
+        assert_eq!(
+            discover_socket(none, probe(&[DEBIAN_SOCKET], &[SNAP_SOCKET])),
+            PathBuf::from(DEBIAN_SOCKET)
+        );
+    }
+
+    #[test]
+    fn when_nothing_answers_the_first_socket_there_is_waited_for() {
+        let none = |_: &str| None;
+        assert_eq!(
+            discover_socket(none, probe(&[], &[DEBIAN_SOCKET, INCUS_SOCKET])),
+            PathBuf::from(DEBIAN_SOCKET)
+        );
+        assert_eq!(
+            discover_socket(none, probe(&[], &[SNAP_SOCKET, INCUS_SOCKET])),
+            PathBuf::from(SNAP_SOCKET)
+        );
+        assert_eq!(
+            discover_socket(none, probe(&[], &[INCUS_SOCKET])),
+            PathBuf::from(INCUS_SOCKET)
+        );
+        assert_eq!(
+            discover_socket(none, probe(&[], &[])),
+            PathBuf::from(DEBIAN_SOCKET)
+        );
+    }
+
+    #[test]
+    fn the_probe_tells_a_live_socket_from_a_stale_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unix.socket");
+        assert_eq!(probe_socket(&path), SocketState::Absent);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(probe_socket(&path), SocketState::Answers);
+        // A daemon gone leaves its socket file: nobody accepts any more.
+        drop(listener);
+        assert!(path.exists());
+        assert_eq!(probe_socket(&path), SocketState::Silent);
     }
 }

@@ -1,11 +1,12 @@
-//! Shared support for the integration tests that talk to the real LXD daemon.
+//! Shared support for the integration tests that talk to the real LXD daemon, and to the
+//! real Incus daemon beside it (`Backend`).
 //!
-//! Every test works in its own `TestProject` (a fresh LXD project with its own profiles),
-//! so tests run in parallel and leave nothing behind: `Drop` cleans up even after a panic.
-//! The only LXD state shared between tests is the storage pool `default` and, for HTTPS
-//! tests, `core.https_address` (set once, never unset).
+//! Every test works in its own `TestProject` (a fresh project with its own profiles, on
+//! one daemon), so tests run in parallel and leave nothing behind: `Drop` cleans up even
+//! after a panic. The only daemon state shared between tests is the storage pool `default`
+//! and, for HTTPS tests (LXD only), `core.https_address` (set once, never unset).
 //!
-//! Everything here is synchronous (`lxc` and std only), so `Drop` needs no runtime.
+//! Everything here is synchronous (`lxc`/`incus` and std only), so `Drop` needs no runtime.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -18,31 +19,136 @@ use std::time::{Duration, Instant};
 
 use lxd_mutater::lxd::{Endpoint, LxdClient};
 
-/// The socket tests use: the same discovery as the product (`$LXD_SOCKET`,
-/// `$LXD_DIR/unix.socket`, the snap's socket if present, else Debian's).
-pub fn lxd_socket() -> PathBuf {
-    match Endpoint::parse(None, None, None, None) {
-        Ok(Endpoint::Unix(path)) => path,
-        other => panic!("socket discovery gave {other:?}"),
+/// The real daemon a test runs on. Both speak LXD's API at `/1.0`, and their clients take
+/// the same sub-commands (`lxc project create`, `incus project create`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// LXD 5.x (Debian's `lxd`), the default.
+    Lxd,
+    /// Incus 6.x (bookworm-backports' `incus`), beside LXD.
+    Incus,
+}
+
+impl Backend {
+    /// The daemon's command-line client.
+    pub fn cli(self) -> &'static str {
+        match self {
+            Backend::Lxd => "lxc",
+            Backend::Incus => "incus",
+        }
     }
+
+    pub fn socket(self) -> PathBuf {
+        match self {
+            Backend::Lxd => lxd_socket(),
+            Backend::Incus => incus_socket(),
+        }
+    }
+
+    /// Fails the test (does not skip it) when the daemon does not answer, saying how to
+    /// start it.
+    pub fn require(self) -> PathBuf {
+        static LXD: OnceLock<Result<(), String>> = OnceLock::new();
+        static INCUS: OnceLock<Result<(), String>> = OnceLock::new();
+        let (checked, name, server, script) = match self {
+            Backend::Lxd => (&LXD, "LXD", "lxd", "scripts/lxd-up.sh"),
+            Backend::Incus => (&INCUS, "Incus", "incus", "scripts/incus-up.sh"),
+        };
+        let socket = self.socket();
+        if let Err(why) = checked.get_or_init(|| lxd_answers(&socket, server)) {
+            panic!(
+                "{name} does not answer on {}: {why}\n\
+                 Start it with `{script}` (as root; `make lxd` runs both), then run the tests again.",
+                socket.display()
+            );
+        }
+        socket
+    }
+}
+
+/// `on_both!(fn scenario)` / `on_both!(async fn scenario)`: `scenario(backend: Backend)`
+/// run as two tests, `scenario::lxd` and `scenario::incus` (`cargo test incus` runs every
+/// Incus half).
+#[macro_export]
+macro_rules! on_both {
+    (fn $scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn lxd() {
+                super::$scenario($crate::support::Backend::Lxd)
+            }
+            #[test]
+            fn incus() {
+                super::$scenario($crate::support::Backend::Incus)
+            }
+        }
+    };
+    (async fn $scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn lxd() {
+                super::$scenario($crate::support::Backend::Lxd).await
+            }
+            #[tokio::test]
+            async fn incus() {
+                super::$scenario($crate::support::Backend::Incus).await
+            }
+        }
+    };
+}
+
+/// LXD's socket for tests: `$LXD_SOCKET`, `$LXD_DIR/unix.socket`, the snap's socket if
+/// present, else Debian's. The product's own search is not used: with no LXD answering it
+/// would give Incus' socket, and an LXD test must fail then, not run on Incus.
+pub fn lxd_socket() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(socket) = var("LXD_SOCKET") {
+        return socket.into();
+    }
+    if let Some(dir) = var("LXD_DIR") {
+        return PathBuf::from(dir).join("unix.socket");
+    }
+    let snap = Path::new("/var/snap/lxd/common/lxd/unix.socket");
+    if snap.exists() {
+        return snap.to_path_buf();
+    }
+    PathBuf::from("/var/lib/lxd/unix.socket")
+}
+
+/// Incus' socket for tests: `$INCUS_SOCKET`, `$INCUS_DIR/unix.socket`, else
+/// `/var/lib/incus/unix.socket` (what the `incus` client reads too).
+pub fn incus_socket() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(socket) = var("INCUS_SOCKET") {
+        return socket.into();
+    }
+    let dir = var("INCUS_DIR").map_or_else(|| PathBuf::from("/var/lib/incus"), PathBuf::from);
+    dir.join("unix.socket")
 }
 
 /// Fails the test (does not skip it) when LXD does not answer, saying how to start it.
 pub fn require_lxd() -> PathBuf {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let socket = lxd_socket();
-    let result = CHECKED.get_or_init(|| lxd_answers(&socket));
-    if let Err(why) = result {
-        panic!(
-            "LXD does not answer on {}: {why}\n\
-             Start it with `scripts/lxd-up.sh` (as root), then run the tests again.",
-            socket.display()
-        );
-    }
-    socket
+    Backend::Lxd.require()
 }
 
-fn lxd_answers(socket: &Path) -> Result<(), String> {
+/// The built binary pointed at `backend`. Incus is named through `LXD_MUTATER_LXD`, so a
+/// test's own `--lxd` still wins; LXD is left to the default socket search, which must find
+/// it with Incus answering beside it.
+pub fn mutater(backend: Backend) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"));
+    if backend == Backend::Incus {
+        command.env(
+            "LXD_MUTATER_LXD",
+            format!("unix://{}", incus_socket().display()),
+        );
+    }
+    command
+}
+
+/// Whether the daemon on `socket` answers `GET /1.0` and is the one expected: its
+/// `environment.server` is `server` ("lxd" or "incus"), so that a variable pointing one
+/// backend's tests at the other daemon fails instead of testing the wrong one.
+fn lxd_answers(socket: &Path, server: &str) -> Result<(), String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     let timeout = Some(Duration::from_secs(5));
     stream
@@ -58,31 +164,26 @@ fn lxd_answers(socket: &Path) -> Result<(), String> {
     stream
         .read_to_string(&mut answer)
         .map_err(|e| e.to_string())?;
-    if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!(
+    if !(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")) {
+        return Err(format!(
             "unexpected answer: {:?}",
             answer.lines().next().unwrap_or("")
-        ))
+        ));
+    }
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("GET /1.0 is not JSON: {e}"))?;
+    let found = &value["metadata"]["environment"]["server"];
+    if found == server {
+        Ok(())
+    } else {
+        Err(format!("the daemon there is {found}, not {server}"))
     }
 }
 
 /// Runs `lxc ARGS` (no project added); Err carries stderr.
 pub fn try_lxc_global(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("lxc")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run lxc: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "lxc {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    try_cli_global(Backend::Lxd, args)
 }
 
 /// Runs `lxc ARGS` (no project added) and fails the test on error.
@@ -90,15 +191,47 @@ pub fn lxc_global(args: &[&str]) -> String {
     try_lxc_global(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A fresh LXD project: `features.profiles=true`, `features.images=false`, and a root disk
-/// on the pool `default` in its `default` profile so that instances can be created.
+/// Runs the backend's client (`lxc` or `incus`) with ARGS (no project added); Err carries
+/// stderr.
+pub fn try_cli_global(backend: Backend, args: &[&str]) -> Result<String, String> {
+    let cli = backend.cli();
+    let out = Command::new(cli)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cli}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cli} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs the backend's client with ARGS (no project added) and fails the test on error.
+pub fn cli_global(backend: Backend, args: &[&str]) -> String {
+    try_cli_global(backend, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A fresh project on LXD or Incus: `features.profiles=true`, `features.images=false`,
+/// and a root disk on the pool `default` in its `default` profile so that instances can be
+/// created.
 pub struct TestProject {
     name: String,
+    backend: Backend,
 }
 
 impl TestProject {
+    /// A project on LXD.
     pub fn new() -> TestProject {
-        require_lxd();
+        TestProject::on(Backend::Lxd)
+    }
+
+    /// A project on `backend`.
+    pub fn on(backend: Backend) -> TestProject {
+        backend.require();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t-{}-{}-{:04x}",
@@ -106,17 +239,20 @@ impl TestProject {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             fastrand::u16(..)
         );
-        lxc_global(&[
-            "project",
-            "create",
-            &name,
-            "-c",
-            "features.profiles=true",
-            "-c",
-            "features.images=false",
-        ]);
+        cli_global(
+            backend,
+            &[
+                "project",
+                "create",
+                &name,
+                "-c",
+                "features.profiles=true",
+                "-c",
+                "features.images=false",
+            ],
+        );
         // From here on Drop cleans up, whatever fails next.
-        let project = TestProject { name };
+        let project = TestProject { name, backend };
         project.lxc(&[
             "profile",
             "device",
@@ -134,19 +270,29 @@ impl TestProject {
         &self.name
     }
 
-    /// `lxc ARGS --project P`; fails the test with lxc's stderr on error.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `lxc ARGS --project P` (`incus ARGS ...` on Incus: the same sub-commands); fails
+    /// the test with the client's stderr on error.
     pub fn lxc(&self, args: &[&str]) -> String {
         self.try_lxc(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `lxc ARGS --project P`; Err carries stderr.
+    /// `lxc ARGS --project P` (or `incus`); Err carries stderr.
     pub fn try_lxc(&self, args: &[&str]) -> Result<String, String> {
         let mut all = args.to_vec();
         all.extend(["--project", self.name.as_str()]);
-        try_lxc_global(&all)
+        try_cli_global(self.backend, &all)
     }
 
-    /// `lxc query` on an API path of this project (`?project=` is added).
+    /// The built binary pointed at this project's daemon (no `--lxd-project` added).
+    pub fn mutater(&self) -> Command {
+        mutater(self.backend)
+    }
+
+    /// `lxc query` (or `incus query`) on an API path of this project (`?project=` is added).
     pub fn query(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let url = format!("{path}{sep}project={}", self.name);
@@ -154,7 +300,7 @@ impl TestProject {
         if let Some(body) = body {
             args.extend(["-d", body]);
         }
-        try_lxc_global(&args)
+        try_cli_global(self.backend, &args)
     }
 
     /// An instance with no image: it cannot start, but its profiles can be changed.
@@ -189,7 +335,7 @@ impl TestProject {
     }
 
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint::Unix(require_lxd())
+        Endpoint::Unix(self.backend.require())
     }
 
     /// A client for this project over the Unix socket.
@@ -234,7 +380,10 @@ impl TestProject {
             Err(e) => note(Err(e)),
         }
         note(self.try_lxc(&["profile", "device", "remove", "default", "root"]));
-        note(try_lxc_global(&["project", "delete", &self.name]));
+        note(try_cli_global(
+            self.backend,
+            &["project", "delete", &self.name],
+        ));
         failures
     }
 }
@@ -248,7 +397,10 @@ impl Default for TestProject {
 impl Drop for TestProject {
     fn drop(&mut self) {
         for failure in self.cleanup() {
-            eprintln!("cleanup of LXD project {}: {failure}", self.name);
+            eprintln!(
+                "cleanup of {:?} project {}: {failure}",
+                self.backend, self.name
+            );
         }
     }
 }
@@ -478,7 +630,8 @@ impl Daemon {
             ),
             None => std::process::Stdio::null(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_lxd-mutater"))
+        let child = project
+            .mutater()
             .arg("run")
             .args(["--lxd-project", project.name(), "--workers", "2"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
