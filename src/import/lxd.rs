@@ -1,0 +1,1 @@
+//! The LXD importer (next commit).
