@@ -818,6 +818,60 @@ mod tests {
     }
 
     #[test]
+    fn model_picks_one_models_machines() {
+        let (mut instances, mut profiles) = demo();
+        instances.push(instance(
+            "juju-000000-0",
+            &["default", "juju-other", "juju-other-x-1"],
+        ));
+        profiles.push(profile("juju-other", &[]));
+        profiles.push(profile("juju-other-x-1", &[("security.nesting", "true")]));
+        let all = convert(&instances, &profiles, &opts(None, None)).unwrap();
+        assert!(keys(&all).contains(&"Machine other/0".to_string()));
+        let demo_only = convert(&instances, &profiles, &opts(None, Some("demo"))).unwrap();
+        assert_eq!(
+            keys(&demo_only),
+            [
+                "Application demo/containerd",
+                "Application demo/kubernetes-worker",
+                "Machine demo/0"
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_listing_never_panics_and_what_comes_out_loads(
+            lists in proptest::collection::vec(
+                proptest::collection::vec("(default|juju-m|juju-m-a-1|juju-m-b-c-2|juju-é-1|juju-|ops|-)", 0..5),
+                0..4,
+            ),
+            machine in proptest::option::of("(0|1|é)"),
+        ) {
+            let instances: Vec<Instance> = lists
+                .iter()
+                .enumerate()
+                .map(|(n, l)| Instance {
+                    name: format!("juju-abcdef-{n}"),
+                    profiles: l.clone(),
+                    status: String::new(),
+                    config: Default::default(),
+                })
+                .collect();
+            let names: BTreeSet<&String> = lists.iter().flatten().collect();
+            let profiles: Vec<Profile> = names
+                .into_iter()
+                .map(|n| profile(n, &[("security.nesting", "true")]))
+                .collect();
+            let o = opts(machine.as_deref(), None);
+            if let Ok(i) = convert(&instances, &profiles, &o) {
+                let parsed = parse_str("out.yaml", &i.to_yaml().unwrap());
+                proptest::prop_assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+            }
+        }
+    }
+
+    #[test]
     fn juju_instance_names_give_the_machine_id() {
         assert_eq!(juju_instance("juju-4d5e6f-0"), Some("0"));
         assert_eq!(juju_instance("juju-4d5e6f-1-lxd-0"), Some("1-lxd-0"));
