@@ -51,6 +51,14 @@ pub enum Command {
     Diff(DiffArgs),
     /// Show resources and their status, as the controller last wrote it.
     Get(GetArgs),
+    /// Print the resources (YAML) of an existing Juju deployment, from `juju status` or
+    /// from an LXD project.
+    ///
+    /// The resources go to standard output, one YAML document each; what was skipped or
+    /// adapted, and anything the first `run` would change, goes to standard error. Exit
+    /// code: 0, or 1 when something could not be imported (the rest is still printed).
+    #[command(subcommand, after_help = IMPORT_EXAMPLES)]
+    Import(ImportSource),
     /// Print a shell completion script (bash, zsh or fish) on standard output.
     ///
     /// bash: lxd-mutater completions bash > /etc/bash_completion.d/lxd-mutater
@@ -64,6 +72,54 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// Where `import` reads the deployment from.
+#[derive(Subcommand, Debug)]
+pub enum ImportSource {
+    /// From `juju status --format=yaml` (Juju 3.x): Juju's record of the model.
+    ///
+    /// One namespace, the model: an Application per application (its profile content from
+    /// the machines' lxd-profiles, subordinates with subordinateTo), a Machine per machine
+    /// (manual ones with manual: true, unprovisioned ones without an instance), a
+    /// Container per LXD container (spec.machine its host). Run `juju status` without
+    /// selectors, and with --no-color: coloured input is refused.
+    #[command(after_help = IMPORT_EXAMPLES)]
+    JujuStatus {
+        /// The file `juju status --format=yaml` wrote; `-` or nothing reads standard input.
+        #[arg(value_name = "FILE|-")]
+        file: Option<PathBuf>,
+    },
+    /// From an LXD project as it is: the instances whose profiles follow Juju's names.
+    ///
+    /// An instance with the profiles [default, juju-<model>, juju-<model>-<app>-<rev>...]
+    /// becomes a Machine of namespace <model>; with --machine NAME, an instance with
+    /// [default, juju-<model>-<app>-<rev>...] becomes a Container of host NAME. Each charm
+    /// profile becomes an Application with its content. So `diff` is in sync at once.
+    #[command(after_help = IMPORT_EXAMPLES)]
+    Lxd(Box<ImportLxdArgs>),
+}
+
+const IMPORT_EXAMPLES: &str = "Examples:
+  juju status -m demo --format=yaml --no-color > status.yaml
+  lxd-mutater import juju-status status.yaml > /etc/lxd-mutater/resources/demo.yaml
+  lxd-mutater diff --resources /etc/lxd-mutater/resources      # exit 0: in sync
+
+  lxd-mutater import lxd --lxd-project default > resources/demo.yaml
+  lxd-mutater import lxd --machine 1 > host-1/containers.yaml  # on machine 1, its containers";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportLxdArgs {
+    #[command(flatten)]
+    pub lxd: LxdArgs,
+    /// Import the containers of this host machine (Juju's machine id, `0`), as Container
+    /// resources, instead of the machines.
+    #[arg(long, env = "LXD_MUTATER_MACHINE", value_name = "NAME")]
+    pub machine: Option<String>,
+    /// Import only this model's instances; needed with --machine when the containers'
+    /// profile names fit more than one model.
+    #[arg(long, env = "LXD_MUTATER_MODEL", value_name = "MODEL")]
+    pub model: Option<String>,
 }
 
 /// The shells `completions` writes for.

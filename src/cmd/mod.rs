@@ -6,6 +6,7 @@ pub mod crds;
 pub mod diff;
 pub mod docs;
 pub mod get;
+pub mod import;
 pub mod run;
 pub mod validate;
 
@@ -45,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => runtime(run::run(*args)),
         Command::Diff(args) => runtime(diff::diff(args.lxd, args.resources)),
         Command::Get(args) => get::get(args),
+        Command::Import(source) => import::import(source),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { dir } => docs::man(&dir),
     }
