@@ -143,7 +143,12 @@ impl Controller {
         let log = cluster.dir.path().join(format!("{name}.log"));
         let mut args = vec!["--source", "kubernetes", "--resync", "1h"];
         args.extend_from_slice(extra);
-        let kubeconfig = cluster.kubeconfig();
+        // Its own kubeconfig, whose token names it: the fake records who asked.
+        let kubeconfig = cluster.dir.path().join(format!("{name}.kubeconfig"));
+        cluster
+            .api
+            .kubeconfig_as(&kubeconfig, name)
+            .expect("writing a kubeconfig");
         let daemon = Daemon::run(
             lxd,
             &args,
@@ -533,7 +538,7 @@ fn one_leader_writes_and_a_standby_takes_over_within_the_lease() {
     lxd.lxc(&["profile", "assign", "i0", "default"]);
     expect(&lxd, "i0", ONE, Duration::from_secs(10));
 
-    check_rbac_covers(&cluster.api.requests());
+    check_rbac_covers(&cluster.api.requests(), "deploy/kubernetes", "lxd-mutater");
 }
 
 #[test]
@@ -672,13 +677,13 @@ fn kubectl(kubeconfig: &Path, file: &Path) {
     );
 }
 
-/// Every request the controllers made is allowed by the RBAC rules of
-/// deploy/kubernetes (ClusterRole for the kinds and events, Role for the Lease).
-fn check_rbac_covers(requests: &[Request]) {
+/// Every request is allowed by the RBAC rules that the kustomization `dir` binds to the
+/// ServiceAccount `account` (ClusterRoles for the kinds and events, a Role for the Lease).
+fn check_rbac_covers(requests: &[Request], dir: &str, account: &str) {
     let out = Command::new("kubectl")
         .args([
             "kustomize",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes"),
+            &format!("{}/{dir}", env!("CARGO_MANIFEST_DIR")),
         ])
         .output()
         .unwrap_or_else(|e| panic!("kubectl kustomize: {e}"));
@@ -688,16 +693,46 @@ fn check_rbac_covers(requests: &[Request]) {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str(doc).unwrap_or(Value::Null))
+        .collect();
+    // The (kind, name) of the roles bound to the account.
+    let bound: Vec<(String, String)> = docs
+        .iter()
+        .filter(|v| {
+            matches!(
+                v["kind"].as_str(),
+                Some("ClusterRoleBinding" | "RoleBinding")
+            )
+        })
+        .filter(|v| {
+            v["subjects"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["kind"] == "ServiceAccount" && s["name"] == account)
+            })
+        })
+        .map(|v| {
+            let r = &v["roleRef"];
+            (
+                r["kind"].as_str().unwrap_or_default().to_string(),
+                r["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
     // (namespace of a Role, or None for a ClusterRole; its rules)
     let mut roles: Vec<(Option<String>, Vec<Value>)> = Vec::new();
-    for doc in text.split("\n---\n") {
-        let v: Value = serde_saphyr::from_str(doc).unwrap_or(Value::Null);
+    for v in &docs {
         let rules = v["rules"].as_array().cloned().unwrap_or_default();
-        match v["kind"].as_str() {
-            Some("ClusterRole") => roles.push((None, rules)),
-            Some("Role") => {
-                roles.push((v["metadata"]["namespace"].as_str().map(Into::into), rules))
-            }
+        let (Some(kind), Some(name)) = (v["kind"].as_str(), v["metadata"]["name"].as_str()) else {
+            continue;
+        };
+        if !bound.contains(&(kind.to_string(), name.to_string())) {
+            continue;
+        }
+        match kind {
+            "ClusterRole" => roles.push((None, rules)),
+            "Role" => roles.push((v["metadata"]["namespace"].as_str().map(Into::into), rules)),
             _ => {}
         }
     }
@@ -989,4 +1024,157 @@ fn status_writes_never_enqueue_work_in_process() {
     });
     assert_eq!(adds(), before);
     ctl.drain();
+}
+
+fn container(name: &str, host: &str, instance: &str, apps: &[&str]) -> Value {
+    json!({
+        "apiVersion": API, "kind": "Container",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"machine": host, "instance": instance, "applications": apps},
+    })
+}
+
+/// The requests `user` made.
+fn requests_of(cluster: &Cluster, user: &str) -> Vec<Request> {
+    cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(user))
+        .collect()
+}
+
+/// Juju's layout (SPEC §1): one environ controller for the model's Machines, and a
+/// container controller per host machine for that host's Containers, each with its own
+/// identity. Each converges only its own, reads only what it needs (a host's controller
+/// lists its Containers through a field selector, never Machines, never another host's),
+/// writes only its own statuses, stays within its RBAC, and counts only its own series.
+#[test]
+fn juju_layout_an_environ_and_two_container_controllers_each_touch_only_their_own() {
+    let lxd = TestProject::new();
+    for i in ["m0", "c0", "c1"] {
+        lxd.empty_instance(i);
+    }
+    let cluster = Cluster::new();
+    cluster.create(application("one", 1));
+    cluster.create(machine("0", "m0", &["one"]));
+    cluster.create(container("0-lxd-0", "0", "c0", &["one"]));
+    cluster.create(container("1-lxd-0", "1", "c1", &["one"]));
+    let environ = Controller::start(
+        &lxd,
+        &cluster,
+        "environ",
+        &["--flavour", "environ", "--owner", "environ"],
+    );
+    let hosts: Vec<Controller> = ["0", "1"]
+        .iter()
+        .map(|m| {
+            Controller::start(
+                &lxd,
+                &cluster,
+                &format!("host-{m}"),
+                &[
+                    "--flavour",
+                    "container",
+                    "--machine",
+                    m,
+                    "--owner",
+                    &format!("host-{m}"),
+                ],
+            )
+        })
+        .collect();
+    // A Container takes no model profile (Juju's container worker adds none).
+    expect(&lxd, "m0", ONE, Duration::from_secs(30));
+    for i in ["c0", "c1"] {
+        expect(
+            &lxd,
+            i,
+            &["default", "juju-m-one-1"],
+            Duration::from_secs(30),
+        );
+    }
+    let phase = |plural: &str, name: &str| {
+        cluster
+            .api
+            .get(API, plural, NS, name)
+            .map(|o| o["status"]["phase"].clone())
+            .unwrap_or(Value::Null)
+    };
+    wait_until("every status Applied", Duration::from_secs(20), || {
+        phase("machines", "0") == "Applied"
+            && phase("containers", "0-lxd-0") == "Applied"
+            && phase("containers", "1-lxd-0") == "Applied"
+    });
+    // Each instance is claimed by the controller that is its.
+    for (instance, owner) in [("m0", "environ"), ("c0", "host-0"), ("c1", "host-1")] {
+        assert_eq!(
+            lxd.lxc(&["config", "get", instance, "user.lxd-mutater.owner"])
+                .trim(),
+            owner
+        );
+    }
+    let touches =
+        |r: &Request, plural: &str| r.resource.as_ref().is_some_and(|a| a.resource == plural);
+    // The environ controller never reads nor writes a Container.
+    let by_environ = requests_of(&cluster, "environ");
+    assert!(!by_environ.is_empty());
+    assert!(
+        !by_environ.iter().any(|r| touches(r, "containers")),
+        "{:?}",
+        by_environ
+            .iter()
+            .filter(|r| touches(r, "containers"))
+            .collect::<Vec<_>>()
+    );
+    check_rbac_covers(&by_environ, "deploy/kubernetes", "lxd-mutater");
+    // A host's controller: no Machine, no Lease; its Containers listed and watched
+    // through the field selector only; only its own Container's status patched.
+    for (m, host) in ["0", "1"].iter().zip(&hosts) {
+        let user = format!("host-{m}");
+        let mine = requests_of(&cluster, &user);
+        assert!(
+            !mine
+                .iter()
+                .any(|r| touches(r, "machines") || touches(r, "leases"))
+        );
+        let container_reads: Vec<&Request> = mine
+            .iter()
+            .filter(|r| touches(r, "containers"))
+            .filter(|r| {
+                r.resource
+                    .as_ref()
+                    .is_some_and(|a| matches!(a.verb, "list" | "watch"))
+            })
+            .collect();
+        assert!(!container_reads.is_empty());
+        for r in &container_reads {
+            assert!(
+                r.query
+                    .contains(&format!("fieldSelector=spec.machine%3D{m}")),
+                "{user}: {} {}?{}",
+                r.method,
+                r.path,
+                r.query
+            );
+        }
+        let patched: std::collections::BTreeSet<String> = mine
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .filter(|a| a.verb == "patch" && a.subresource.as_deref() == Some("status"))
+            .map(|a| format!("{}/{}", a.resource, a.name.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(patched, [format!("containers/{m}-lxd-0")].into());
+        check_rbac_covers(
+            &mine,
+            "deploy/kubernetes/examples/juju-layout",
+            "lxd-mutater-container",
+        );
+        // Its metrics speak for containers only.
+        let (_, text) = host.daemon.get("/metrics");
+        assert!(text.contains("controller=\"container\""));
+        assert!(!text.contains("controller=\"machine\""), "{user}");
+    }
+    let (_, text) = environ.daemon.get("/metrics");
+    assert!(!text.contains("controller=\"container\""));
 }

@@ -515,6 +515,59 @@ fn rbac_grants_exactly_what_the_controller_needs_and_nothing_more() {
     );
 }
 
+#[test]
+fn the_juju_layout_runs_the_pods_as_environ_and_grants_host_controllers_only_their_containers() {
+    let dir = "deploy/kubernetes/examples/juju-layout";
+    let yaml = kustomize(dir);
+    validate_strictly(&yaml, dir);
+    let all = objects(&yaml);
+    assert_eq!(
+        only(&all, "ConfigMap")["data"]["LXD_MUTATER_FLAVOUR"],
+        "environ"
+    );
+    let role = named(&all, "ClusterRole", "lxd-mutater-container");
+    assert_eq!(
+        granted(&role["rules"]),
+        grants(&[
+            (
+                "lxdmutater.dev",
+                &["containers", "applications"],
+                &["get", "list", "watch"],
+                "*"
+            ),
+            (
+                "lxdmutater.dev",
+                &["containers/status"],
+                &["get", "patch", "update"],
+                "*"
+            ),
+            ("", &["events"], &["create", "patch"], "*"),
+            ("events.k8s.io", &["events"], &["create", "patch"], "*"),
+        ])
+    );
+    let binding = named(&all, "ClusterRoleBinding", "lxd-mutater-container");
+    assert_eq!(binding["roleRef"]["name"], "lxd-mutater-container");
+    assert_eq!(binding["subjects"][0]["name"], "lxd-mutater-container");
+    // No Role (no Lease) is bound to the hosts' account.
+    assert!(
+        !all.iter()
+            .any(|o| o["kind"] == "RoleBinding"
+                && o["subjects"][0]["name"] == "lxd-mutater-container")
+    );
+    let token = named(&all, "Secret", "lxd-mutater-container-token");
+    assert_eq!(token["type"], "kubernetes.io/service-account-token");
+    // The Containers' CRD lets the API server filter on spec.machine.
+    let crd = named(
+        &all,
+        "CustomResourceDefinition",
+        "containers.lxdmutater.dev",
+    );
+    assert_eq!(
+        crd["spec"]["versions"][0]["selectableFields"],
+        json!([{"jsonPath": ".spec.machine"}])
+    );
+}
+
 /// The PrometheusRule as it should be: its own lines down to `spec:`, then alerts.yaml from
 /// `groups:` on, indented under `spec:`.
 fn prometheus_rule_from(current: &str, alerts: &str) -> String {
