@@ -179,6 +179,15 @@ impl<L: LxdApi + Clone> Pipeline<L> {
         self.queue.shutdown();
     }
 
+    /// Waits until the statuses decided so far are stored (`deadline` at most; a store
+    /// that refuses writes ends the wait); whether all were.
+    pub async fn store_statuses(&self, deadline: std::time::Duration) -> bool {
+        let report = self.report.clone();
+        tokio::task::spawn_blocking(move || report.flush(deadline))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.queue.processing() == 0

@@ -108,6 +108,7 @@ impl Harness {
         tokio::time::timeout(Duration::from_secs(60), ctl.worker.clone().run(true))
             .await
             .expect("a pass finishes");
+        assert!(ctl.store_statuses(Duration::from_secs(5)).await);
     }
 
     async fn pass(&self) {

@@ -490,11 +490,7 @@ async fn drain(
 /// Waits (5 s at most) until the statuses decided so far are stored: the status writer
 /// works beside the reconciles, and a process that exits takes what it holds with it.
 async fn store_statuses<L: LxdApi + Clone>(pipeline: &Pipeline<L>) {
-    let report = pipeline.report.clone();
-    let stored = tokio::task::spawn_blocking(move || report.flush(Duration::from_secs(5)))
-        .await
-        .unwrap_or(false);
-    if !stored {
+    if !pipeline.store_statuses(Duration::from_secs(5)).await {
         warn!(
             unwritten = pipeline.report.unwritten(),
             "exiting with statuses not stored"
