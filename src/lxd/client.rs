@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::endpoint::Endpoint;
 use super::error::LxdError;
@@ -121,9 +122,15 @@ struct Envelope {
     error: String,
     #[serde(default)]
     operation: String,
+    /// Kept as text, parsed once into what the caller wants: a listing's instances carry
+    /// expanded config and devices that no caller reads, and a parse into a `Value`
+    /// first would build every one of them.
     #[serde(default)]
-    metadata: Value,
+    metadata: Option<Box<RawValue>>,
 }
+
+/// The metadata of a sync answer, unparsed (`None`: none, or an operation's end).
+type Metadata = Option<Box<RawValue>>;
 
 /// The part of an operation that says how it ended.
 #[derive(Deserialize)]
@@ -258,7 +265,7 @@ impl LxdClient {
     }
 
     /// Sends one request; follows an async answer to the end of its operation. Returns
-    /// the ETag and the metadata of a sync answer (Null after an operation).
+    /// the ETag and the metadata of a sync answer (none after an operation).
     async fn call(
         &self,
         method: Method,
@@ -266,7 +273,7 @@ impl LxdClient {
         query: &[(&str, &str)],
         body: Option<Value>,
         if_match: Option<&str>,
-    ) -> Result<(Option<String>, Value), LxdError> {
+    ) -> Result<(Option<String>, Metadata), LxdError> {
         let what = format!("{method} {path}");
         let (status, etag, envelope) = self
             .send(method, path, query, body, if_match, self.inner.timeout)
@@ -275,7 +282,7 @@ impl LxdClient {
             "sync" if status < 400 => Ok((etag, envelope.metadata)),
             "async" if status < 400 => {
                 self.wait_operation(&what, &envelope.operation).await?;
-                Ok((etag, Value::Null))
+                Ok((etag, None))
             }
             "error" => Err(LxdError::from_lxd(
                 if envelope.error_code != 0 {
@@ -463,8 +470,9 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn decode<T: DeserializeOwned>(what: &str, metadata: Value) -> Result<T, LxdError> {
-    serde_json::from_value(metadata).map_err(|e| LxdError::Protocol {
+fn decode<T: DeserializeOwned>(what: &str, metadata: Metadata) -> Result<T, LxdError> {
+    let text = metadata.as_deref().map_or("null", RawValue::get);
+    serde_json::from_str(text).map_err(|e| LxdError::Protocol {
         what: what.to_string(),
         reason: format!("unexpected metadata: {e}"),
     })
