@@ -67,6 +67,14 @@ struct State {
     /// The source of ETags: bumped on every write, so no two versions share one.
     etag_counter: u64,
     requests: Vec<Request>,
+    /// Whether each call is kept in `requests`; the counts are kept either way.
+    log_requests: bool,
+    /// Calls per method and kind of path (`GET /1.0/instances/*`) since the start or
+    /// the last `clear_requests`.
+    counts: BTreeMap<String, usize>,
+    /// Time spent inside the double with its lock held (a bench subtracts it: the
+    /// controller's cost is what it measures).
+    busy: Duration,
     writes_succeeded: usize,
     /// Checked in order; the first rule for a method answers.
     rules: Vec<FailRule>,
@@ -120,6 +128,9 @@ impl MemLxd {
                 profiles: BTreeMap::new(),
                 etag_counter: 0,
                 requests: Vec::new(),
+                log_requests: true,
+                counts: BTreeMap::new(),
+                busy: Duration::ZERO,
                 writes_succeeded: 0,
                 rules: Vec::new(),
                 delays: HashMap::new(),
@@ -244,7 +255,13 @@ impl MemLxd {
 
     /// Calls that are not `GET`, whatever their outcome.
     pub fn writes(&self) -> usize {
-        self.with(|s| s.requests.iter().filter(|r| r.is_write()).count())
+        self.with(|s| {
+            s.counts
+                .iter()
+                .filter(|(m, _)| !m.starts_with("GET "))
+                .map(|(_, n)| n)
+                .sum()
+        })
     }
 
     /// Calls that are not `GET` and changed the state.
@@ -252,10 +269,31 @@ impl MemLxd {
         self.with(|s| s.writes_succeeded)
     }
 
+    /// Calls per method and kind of path, the object's name left out (`GET
+    /// /1.0/instances/*`, `PATCH /1.0/instances/*`, `GET /1.0/profiles?recursion=1`),
+    /// whether or not they are logged.
+    pub fn request_counts(&self) -> BTreeMap<String, usize> {
+        self.with(|s| s.counts.clone())
+    }
+
+    /// Time spent inside the double, its lock held, since it was made: seeding,
+    /// inspection and every call (a bench's measure of the double's own share).
+    pub fn busy(&self) -> Duration {
+        self.with(|s| s.busy)
+    }
+
+    /// Whether each call is kept for `requests()` (the default). A bench at scale turns
+    /// it off: the log would grow by one entry per call, and the memory measured is the
+    /// controller's, not the double's. `request_counts` keeps counting.
+    pub fn log_requests(&self, keep: bool) {
+        self.with(|s| s.log_requests = keep);
+    }
+
     /// Forgets the requests and resets both write counts.
     pub fn clear_requests(&self) {
         self.with(|s| {
             s.requests.clear();
+            s.counts.clear();
             s.writes_succeeded = 0;
         });
     }
@@ -371,7 +409,11 @@ impl MemLxd {
         // A test that panicked while holding the lock must not turn every later
         // assertion into a PoisonError; the state itself is never left half-written.
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut guard)
+        // The real clock, not tokio's: this is CPU spent, whatever a test's clock says.
+        let started = std::time::Instant::now();
+        let r = f(&mut guard);
+        guard.busy += started.elapsed();
+        r
     }
 
     /// One trait call: recorded, judged by the fault settings, delayed, then `op` runs
@@ -431,7 +473,15 @@ impl State {
     }
 
     fn admit(&mut self, method: &'static str, path: String) -> Gate {
-        self.requests.push(Request { method, path });
+        let kind = ["/1.0/instances/", "/1.0/profiles/"]
+            .into_iter()
+            .find(|prefix| path.starts_with(prefix))
+            .map_or(path.as_str(), |prefix| prefix);
+        let star = if kind.ends_with('/') { "*" } else { "" };
+        *self.counts.entry(format!("{method} {kind}{star}")).or_default() += 1;
+        if self.log_requests {
+            self.requests.push(Request { method, path });
+        }
         if self.unreachable {
             return Gate::Refused(LxdError::Unreachable {
                 endpoint: "mem".into(),
@@ -471,23 +521,57 @@ impl State {
     }
 
     fn profile(&self, name: &str, p: &MemProfile) -> Profile {
+        let users = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.profiles.iter().any(|n| n == name))
+            .map(|(i, _)| i.as_str());
+        self.profile_used_by(name, p, users)
+    }
+
+    /// `p` as LXD shows it, used by `users` (instance names, in order).
+    fn profile_used_by<'a>(
+        &self,
+        name: &str,
+        p: &MemProfile,
+        users: impl Iterator<Item = &'a str>,
+    ) -> Profile {
         // LXD leaves `?project=` out of its URLs in the default project.
         let suffix = if self.project == "default" {
             String::new()
         } else {
             format!("?project={}", self.project)
         };
-        let used_by = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.profiles.iter().any(|n| n == name))
-            .map(|(i, _)| format!("/1.0/instances/{i}{suffix}"))
-            .collect();
         Profile {
             name: name.to_string(),
             content: p.content.clone(),
-            used_by,
+            used_by: users
+                .map(|i| format!("/1.0/instances/{i}{suffix}"))
+                .collect(),
         }
+    }
+
+    /// Every profile with its users, in one pass over the instances (not one per
+    /// profile: a listing of a thousand profiles on a hundred thousand instances must
+    /// not cost the double more than it costs LXD).
+    fn list_profiles(&self) -> Vec<Profile> {
+        let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (instance, i) in &self.instances {
+            for p in &i.profiles {
+                let of = users.entry(p.as_str()).or_default();
+                // A list naming a profile twice (seeded by hand) uses it once.
+                if of.last() != Some(&instance.as_str()) {
+                    of.push(instance.as_str());
+                }
+            }
+        }
+        self.profiles
+            .iter()
+            .map(|(name, p)| {
+                let of = users.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+                self.profile_used_by(name, p, of.iter().copied())
+            })
+            .collect()
     }
 
     fn in_use(&self, profile: &str) -> bool {
@@ -552,10 +636,7 @@ impl LxdApi for MemLxd {
 
     async fn list_profiles(&self) -> Result<Vec<Profile>, LxdError> {
         self.request("GET", "/1.0/profiles?recursion=1".into(), |s| {
-            Ok(s.profiles
-                .iter()
-                .map(|(name, p)| s.profile(name, p))
-                .collect())
+            Ok(s.list_profiles())
         })
         .await
     }
@@ -1125,6 +1206,35 @@ mod tests {
         lxd.add_instance("i-9", &[]);
         lxd.set_profiles_by_hand("i-9", &["default"]);
         assert!(lxd.requests().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_log_calls_are_still_counted_by_kind() {
+        let lxd = seeded();
+        lxd.log_requests(false);
+        lxd.list_profiles().await.unwrap();
+        lxd.get_instance("i-0").await.unwrap();
+        lxd.get_instance("i-1").await.unwrap();
+        lxd.set_instance_profiles("i-0", &names(&["default"]), &Default::default(), None)
+            .await
+            .unwrap();
+        lxd.delete_profile("nope").await.unwrap_err();
+        assert!(lxd.requests().is_empty());
+        assert_eq!(
+            lxd.request_counts(),
+            [
+                ("DELETE /1.0/profiles/*".to_string(), 1),
+                ("GET /1.0/instances/*".to_string(), 2),
+                ("GET /1.0/profiles?recursion=1".to_string(), 1),
+                ("PATCH /1.0/instances/*".to_string(), 1),
+            ]
+            .into()
+        );
+        assert_eq!((lxd.writes(), lxd.writes_succeeded()), (2, 1));
+        // The listing's used_by is the instances' own lists, one pass for all profiles.
+        let profiles = lxd.list_profiles().await.unwrap();
+        assert_eq!(profiles[1].used_by, ["/1.0/instances/i-1?project=test"]);
+        assert!(lxd.busy() > Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,8 @@
 //! Test doubles and fixtures shared by unit tests (compiled only with cfg(test)): the
 //! in-memory LXD (`MemLxd`), an in-memory status store, and a small model's resources.
 
+#[cfg(test)]
+mod full_loop;
 pub mod lxd;
 
 use std::collections::HashMap;
