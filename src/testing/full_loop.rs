@@ -147,8 +147,7 @@ impl Fleet {
             kind: "Machine".into(),
             metadata: Metadata {
                 name: k.to_string(),
-                namespace: self.namespaces[namespace_of(k, self.n, self.namespaces.len())]
-                    .clone(),
+                namespace: self.namespaces[namespace_of(k, self.n, self.namespaces.len())].clone(),
                 ..Metadata::default()
             },
             spec: InstanceSpec {
@@ -577,7 +576,11 @@ async fn full_loop(n: usize, workers: usize, namespaces: usize, apps: usize) -> 
         json!({"what": format!("revision 1 -> 2 of app-0 in each of the {namespaces} namespaces: every Machine runs it")}),
     );
     log_phase("revision bump", &bump);
-    assert_eq!(fleet.converged(&lxd, 2), n, "converged instances after the bump");
+    assert_eq!(
+        fleet.converged(&lxd, 2),
+        n,
+        "converged instances after the bump"
+    );
     for ns in &fleet.namespaces {
         assert!(
             lxd.profile(&names.charm_profile(ns, "app-0", 1)).is_none(),
@@ -684,7 +687,8 @@ mod tests {
 
     #[test]
     fn metric_sums_take_every_labelled_series_of_one_name_only() {
-        let text = "# TYPE x counter\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_total_more 7\nx_total 1\n";
+        let text =
+            "# TYPE x counter\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_total_more 7\nx_total 1\n";
         assert_eq!(metric_sum(text, "x_total"), 6.0);
         assert_eq!(metric(text, "x_total{a=\"2\"}"), 3.0);
     }

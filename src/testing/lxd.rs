@@ -478,7 +478,10 @@ impl State {
             .find(|prefix| path.starts_with(prefix))
             .map_or(path.as_str(), |prefix| prefix);
         let star = if kind.ends_with('/') { "*" } else { "" };
-        *self.counts.entry(format!("{method} {kind}{star}")).or_default() += 1;
+        *self
+            .counts
+            .entry(format!("{method} {kind}{star}"))
+            .or_default() += 1;
         if self.log_requests {
             self.requests.push(Request { method, path });
         }
