@@ -34,6 +34,11 @@ const RETRY: BackoffConfig = BackoffConfig {
     cap: Duration::from_secs(30),
 };
 
+/// How long the start waits for the events stream before its first listing: a stream up
+/// by then needs no second listing. Past it, the start goes on and the stream's connect,
+/// whenever it comes, lists again.
+const FIRST_CONNECT: Duration = Duration::from_secs(5);
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     super::init_logs(&args.log_format, &args.log_level);
     anyhow::ensure!(
@@ -419,9 +424,19 @@ async fn start_lxd(
         }
     }
     // List before the workers start, so that no reconcile plans against an empty cache.
-    // Every connect of the events stream (the first included: the websocket may come up
-    // after this listing) lists again, so no change falls between the two.
+    // Every connect of the events stream lists again, so that no change falls between a
+    // listing and the events: the first connect too, unless it came before this listing
+    // (waited for up to FIRST_CONNECT), which then covers it: one listing at start, not
+    // two.
     let mut stream = pipeline.lxd().events();
+    let first = match tokio::time::timeout(FIRST_CONNECT, stream.next()).await {
+        Ok(Some(EventNotice::Connected)) => None,
+        Ok(other) => other,
+        Err(_) => {
+            debug!("the events stream is not up yet: it lists again when it is");
+            None
+        }
+    };
     let mut delay = Backoff::new(RETRY);
     while let Err(e) = pipeline.relist().await {
         warn!(error = %e, "cannot list LXD; retrying in {:?}", delay.peek());
@@ -431,7 +446,11 @@ async fn start_lxd(
     let events = {
         let pipeline = pipeline.clone();
         tokio::spawn(async move {
-            while let Some(notice) = stream.next().await {
+            let mut first = first;
+            while let Some(notice) = match first.take() {
+                Some(notice) => Some(notice),
+                None => stream.next().await,
+            } {
                 let result = match notice {
                     EventNotice::Connected => {
                         debug!("events connected: listing LXD");
