@@ -31,13 +31,38 @@ pub enum EventNotice {
 }
 
 /// One lifecycle event. LXD sends no bodies: the name says what to look at again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct LifecycleEvent {
     pub action: LifecycleAction,
     /// The instance or profile name, from the event's `source` URL.
     pub name: String,
     pub project: String,
+    /// When it came off the socket (tokio's clock), not when it is handled: whether it
+    /// is the echo of a write is judged by the time between the two, which a backlog of
+    /// events waiting to be handled must not lengthen.
+    pub received: tokio::time::Instant,
 }
+
+impl LifecycleEvent {
+    /// An event received now.
+    pub fn new(action: LifecycleAction, name: String, project: String) -> LifecycleEvent {
+        LifecycleEvent {
+            action,
+            name,
+            project,
+            received: tokio::time::Instant::now(),
+        }
+    }
+}
+
+/// The same event, whenever it was received.
+impl PartialEq for LifecycleEvent {
+    fn eq(&self, other: &LifecycleEvent) -> bool {
+        (&self.action, &self.name, &self.project) == (&other.action, &other.name, &other.project)
+    }
+}
+
+impl Eq for LifecycleEvent {}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LifecycleAction {
@@ -320,11 +345,11 @@ pub(crate) fn parse_event(text: &str, default_project: &str) -> Option<Lifecycle
     } else {
         wire.project
     };
-    Some(LifecycleEvent {
-        action: LifecycleAction::from_lxd(&wire.metadata.action),
+    Some(LifecycleEvent::new(
+        LifecycleAction::from_lxd(&wire.metadata.action),
         name,
         project,
-    })
+    ))
 }
 
 /// `/1.0/<collection>/<name>[/...][?query]` -> `<name>`, percent-decoded.
@@ -370,11 +395,11 @@ mod tests {
         let profile = r#"{"location":"none","metadata":{"action":"profile-updated","requestor":{"address":"@","protocol":"unix","username":"root"},"source":"/1.0/profiles/p1?project=t-probe"},"project":"t-probe","timestamp":"2026-11-25T12:36:12.95547106Z","type":"lifecycle"}"#;
         assert_eq!(
             parse_event(profile, "x"),
-            Some(LifecycleEvent {
-                action: LifecycleAction::ProfileUpdated,
-                name: "p1".into(),
-                project: "t-probe".into()
-            })
+            Some(LifecycleEvent::new(
+                LifecycleAction::ProfileUpdated,
+                "p1".into(),
+                "t-probe".into()
+            ))
         );
         let instance = r#"{"location":"none","metadata":{"action":"instance-updated","source":"/1.0/instances/i-0?project=t-probe"},"project":"t-probe","timestamp":"2026-11-25T12:36:11.84858908Z","type":"lifecycle"}"#;
         let e = parse_event(instance, "x").unwrap();

@@ -74,7 +74,7 @@ impl<L: LxdApi> LxdFeed<L> {
                 let keys = store.desired().keys_for_instance(name);
                 let echo = store
                     .observed_mut()
-                    .take_echo(&Object::Instance(name.into()));
+                    .take_echo(&Object::Instance(name.into()), event.received);
                 if keys.is_empty() || echo {
                     return Ok(Affected::default());
                 }
@@ -93,7 +93,7 @@ impl<L: LxdApi> LxdFeed<L> {
                 let keys = store.desired().keys_for_profile(name, &self.names);
                 let echo = store
                     .observed_mut()
-                    .take_echo(&Object::Profile(name.into()));
+                    .take_echo(&Object::Profile(name.into()), event.received);
                 if keys.is_empty() || echo {
                     return Ok(Affected::default());
                 }
@@ -107,7 +107,7 @@ impl<L: LxdApi> LxdFeed<L> {
             LifecycleAction::ProfileDeleted => {
                 let echo = {
                     let mut o = store.observed_mut();
-                    let echo = o.take_echo(&Object::Profile(name.into()));
+                    let echo = o.take_echo(&Object::Profile(name.into()), event.received);
                     o.remove_profile(name);
                     echo
                 };

@@ -236,14 +236,14 @@ impl Observed {
         }
     }
 
-    /// An event about `object` arrived: whether it is the echo of our own write (and is
-    /// consumed).
-    pub fn take_echo(&mut self, object: &Object) -> bool {
+    /// An event about `object`, `received` then, is being handled: whether it is the
+    /// echo of our own write (and is consumed). An echo is expected for ECHO_TTL from the
+    /// write to the event's arrival, however long the event then waited to be handled.
+    pub fn take_echo(&mut self, object: &Object, received: Instant) -> bool {
         let Some(v) = self.echoes.get_mut(object) else {
             return false;
         };
-        let now = Instant::now();
-        v.retain(|at| now.duration_since(*at) < ECHO_TTL);
+        v.retain(|at| received.saturating_duration_since(*at) < ECHO_TTL);
         let found = !v.is_empty();
         if found {
             v.remove(0);
@@ -355,9 +355,29 @@ mod tests {
         o.expect_echo(i.clone());
         o.expect_echo(i.clone());
         o.cancel_echo(&i);
-        assert!(o.take_echo(&i));
-        assert!(!o.take_echo(&i), "the next event is a real change");
-        assert!(!o.take_echo(&Object::Profile("i".into())));
+        assert!(o.take_echo(&i, Instant::now()));
+        assert!(
+            !o.take_echo(&i, Instant::now()),
+            "the next event is a real change"
+        );
+        assert!(!o.take_echo(&Object::Profile("i".into()), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_echo_is_judged_by_when_it_arrived_not_by_when_it_is_handled() {
+        let mut o = Observed::default();
+        let i = Object::Instance("i".into());
+        o.expect_echo(i.clone());
+        let arrived = Instant::now() + Duration::from_millis(20);
+        // A backlog of events: this one is handled a minute after it arrived.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(o.take_echo(&i, arrived), "our write's event, handled late");
+        // An event that arrived past ECHO_TTL after the write is a real change.
+        let start = Instant::now();
+        o.expect_echo(i.clone());
+        tokio::time::advance(ECHO_TTL).await;
+        assert!(!o.take_echo(&i, start + ECHO_TTL));
+        assert!(o.echoes.is_empty(), "the stale echo is gone");
     }
 
     #[test]

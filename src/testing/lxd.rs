@@ -514,11 +514,11 @@ impl State {
     }
 
     fn emit(&mut self, action: LifecycleAction, name: &str) {
-        let notice = EventNotice::Lifecycle(LifecycleEvent {
+        let notice = EventNotice::Lifecycle(LifecycleEvent::new(
             action,
-            name: name.to_string(),
-            project: self.project.clone(),
-        });
+            name.to_string(),
+            self.project.clone(),
+        ));
         self.subscribers
             .retain(|tx| tx.send(notice.clone()).is_ok());
     }
@@ -815,11 +815,11 @@ mod tests {
     }
 
     fn lifecycle(action: LifecycleAction, name: &str) -> EventNotice {
-        EventNotice::Lifecycle(LifecycleEvent {
+        EventNotice::Lifecycle(LifecycleEvent::new(
             action,
-            name: name.into(),
-            project: DEFAULT_PROJECT.into(),
-        })
+            name.into(),
+            DEFAULT_PROJECT.into(),
+        ))
     }
 
     fn drain(rx: &mut UnboundedReceiver<EventNotice>) -> Vec<EventNotice> {
