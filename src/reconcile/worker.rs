@@ -331,7 +331,12 @@ impl<L: LxdApi> Worker<L> {
     }
 
     /// Applies a plan for an instance that exists, and reports each stage.
-    async fn act(&self, key: &ResourceKey, w: &Workload, p: Plan) -> Result<Phase, ReconcileError> {
+    async fn act(
+        &self,
+        key: &ResourceKey,
+        w: &Arc<Workload>,
+        p: Plan,
+    ) -> Result<Phase, ReconcileError> {
         if p.is_empty() {
             let outcome = Outcome::InSync {
                 profiles: p.current.clone(),
@@ -407,7 +412,13 @@ impl<L: LxdApi> Worker<L> {
     }
 
     /// `--dry-run`: say what drifted (counted once, not on every pass), touch nothing.
-    fn report_drift(&self, key: &ResourceKey, w: &Workload, p: &Plan, list_drift: bool) -> Phase {
+    fn report_drift(
+        &self,
+        key: &ResourceKey,
+        w: &Arc<Workload>,
+        p: &Plan,
+        list_drift: bool,
+    ) -> Phase {
         let described = p.describe();
         let prev = self.report.last(key);
         let new = prev

@@ -44,7 +44,9 @@ struct Writer {
 
 #[derive(Default)]
 struct Pending {
-    statuses: HashMap<ResourceKey, (u64, serde_json::Value, Status)>,
+    /// Per key: its sequence number, the resource it describes (`None`: an object that
+    /// does not load), and the status.
+    statuses: HashMap<ResourceKey, (u64, Option<Arc<Workload>>, Status)>,
     next: u64,
     closed: bool,
 }
@@ -104,8 +106,8 @@ impl Reporter {
     }
 
     /// Decides the status of `workload` after `outcome` and hands it to the writer; its
-    /// phase.
-    pub fn report(&self, key: &ResourceKey, workload: &Workload, outcome: &Outcome) -> Phase {
+    /// phase. The object the store keeps is made by the writer, off the reconcile path.
+    pub fn report(&self, key: &ResourceKey, workload: &Arc<Workload>, outcome: &Outcome) -> Phase {
         self.count_drift(key.kind, outcome);
         let generation = workload
             .metadata
@@ -126,11 +128,8 @@ impl Reporter {
         if last.as_ref() == Some(&decided.status) {
             return phase;
         }
-        // Plain data with string keys: serializing cannot fail.
-        let mut obj = serde_json::to_value(workload).unwrap_or_default();
-        obj["kind"] = serde_json::Value::String(key.kind.as_str().into());
-        obj["status"] = serde_json::to_value(&decided.status).unwrap_or_default();
-        self.writer.push(key, obj, decided.status);
+        self.writer
+            .push(key, Some(workload.clone()), decided.status);
         phase
     }
 
@@ -158,8 +157,7 @@ impl Reporter {
             &now(),
         );
         if last.as_ref() != Some(&decided.status) {
-            self.writer
-                .push(key, serde_json::Value::Null, decided.status);
+            self.writer.push(key, None, decided.status);
         }
     }
 
@@ -258,16 +256,25 @@ impl Drop for Reporter {
     }
 }
 
+/// The whole resource with `status`, as a store that keeps objects keeps it.
+fn object(key: &ResourceKey, workload: &Workload, status: &Status) -> serde_json::Value {
+    // Plain data with string keys: serializing cannot fail.
+    let mut obj = serde_json::to_value(workload).unwrap_or_default();
+    obj["kind"] = serde_json::Value::String(key.kind.as_str().into());
+    obj["status"] = serde_json::to_value(status).unwrap_or_default();
+    obj
+}
+
 impl Writer {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, key: &ResourceKey, object: serde_json::Value, status: Status) {
+    fn push(&self, key: &ResourceKey, workload: Option<Arc<Workload>>, status: Status) {
         let mut p = self.lock();
         p.next += 1;
         let seq = p.next;
-        p.statuses.insert(key.clone(), (seq, object, status));
+        p.statuses.insert(key.clone(), (seq, workload, status));
         drop(p);
         self.changed.notify_all();
     }
@@ -309,19 +316,20 @@ impl Writer {
     /// counted each time and logged once while the store keeps failing; the status stays
     /// pending (LXD keeps being reconciled meanwhile).
     fn write_pending(&self) -> bool {
-        let batch: Vec<(ResourceKey, u64, serde_json::Value, Status)> = self
+        let batch: Vec<(ResourceKey, u64, Option<Arc<Workload>>, Status)> = self
             .lock()
             .statuses
             .iter()
-            .map(|(k, (seq, o, s))| (k.clone(), *seq, o.clone(), s.clone()))
+            .map(|(k, (seq, w, s))| (k.clone(), *seq, w.clone(), s.clone()))
             .collect();
         let mut all = true;
-        for (key, seq, object, status) in batch {
+        for (key, seq, workload, status) in batch {
             let _io = self.io.lock().unwrap_or_else(PoisonError::into_inner);
             // Forgotten meanwhile, or superseded (the next batch has the newer one).
             if self.lock().statuses.get(&key).map(|p| p.0) != Some(seq) {
                 continue;
             }
+            let object = workload.map_or(serde_json::Value::Null, |w| object(&key, &w, &status));
             match self.store.write(&key, &object, &status) {
                 Ok(wrote) => {
                     let mut p = self.lock();

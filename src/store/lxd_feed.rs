@@ -71,11 +71,16 @@ impl<L: LxdApi> LxdFeed<L> {
         let store = &self.store;
         let affected = match &event.action {
             LifecycleAction::InstanceCreated | LifecycleAction::InstanceUpdated => {
-                let keys = store.desired().keys_for_instance(name);
+                // The echo first: our own write's event costs no look at the resources.
                 let echo = store
                     .observed_mut()
                     .take_echo(&Object::Instance(name.into()), event.received);
-                if keys.is_empty() || echo {
+                let keys = if echo {
+                    Vec::new()
+                } else {
+                    store.desired().keys_for_instance(name)
+                };
+                if keys.is_empty() {
                     return Ok(Affected::default());
                 }
                 match self.lxd.get_instance(name).await {
@@ -90,11 +95,16 @@ impl<L: LxdApi> LxdFeed<L> {
                 Affected::keys(store.desired().keys_for_instance(name))
             }
             LifecycleAction::ProfileCreated | LifecycleAction::ProfileUpdated => {
-                let keys = store.desired().keys_for_profile(name, &self.names);
+                // The echo first: the users of a profile can be the whole fleet.
                 let echo = store
                     .observed_mut()
                     .take_echo(&Object::Profile(name.into()), event.received);
-                if keys.is_empty() || echo {
+                let keys = if echo {
+                    Vec::new()
+                } else {
+                    store.desired().keys_for_profile(name, &self.names)
+                };
+                if keys.is_empty() {
                     return Ok(Affected::default());
                 }
                 match self.lxd.get_profile(name).await {

@@ -310,14 +310,16 @@ impl Observed {
     }
 
     /// A profile was created or its content replaced (content without the record).
+    /// Its users are unchanged: those already known for a rewritten profile, none for a
+    /// new one (LXD lists no instance under a profile that did not exist). Nothing here
+    /// looks at every instance: a creation costs the same in a fleet of any size.
     pub fn set_profile(&mut self, name: &str, content: ProfileContent, stamp: Stamp) {
         let owned = stamp.owner.as_deref() == Some(self.owner.as_str());
         let used_by = self
-            .instances
-            .iter()
-            .filter(|(_, ps)| ps.iter().any(|p| p == name))
-            .map(|(i, _)| i.clone())
-            .collect();
+            .profiles
+            .remove(name)
+            .map(|p| p.used_by)
+            .unwrap_or_default();
         self.profiles.insert(
             name.to_string(),
             ObservedProfile {
@@ -424,6 +426,11 @@ mod tests {
         o.set_profile("b", ProfileContent::default(), ours);
         assert!(o.profile("b").unwrap().owned);
         o.set_instance_profiles("i", &["default".into(), "b".into()]);
+        assert_eq!(o.profile("b").unwrap().used_by.len(), 1);
+        // A rewrite keeps the users.
+        let mut content = ProfileContent::default();
+        content.config.insert("k".into(), "v".into());
+        o.set_profile("b", content, o.profile("b").unwrap().stamp.clone());
         assert_eq!(o.profile("b").unwrap().used_by.len(), 1);
         o.remove_instance("i");
         assert!(o.profile("b").unwrap().used_by.is_empty());
