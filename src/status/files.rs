@@ -2,7 +2,7 @@
 //! the whole object, written atomically (temporary file, then rename). Never the user's
 //! files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -46,6 +46,9 @@ fn is_root() -> bool {
 pub struct StatusFiles {
     dir: PathBuf,
     written: Mutex<HashMap<ResourceKey, Status>>,
+    /// Directories with an entry renamed since their last fsync (held while `sync`
+    /// runs, so that a `sync` returns only once what was written before it is durable).
+    unsynced: Mutex<HashSet<PathBuf>>,
 }
 
 impl StatusFiles {
@@ -62,6 +65,7 @@ impl StatusFiles {
         Ok(StatusFiles {
             dir: dir.to_path_buf(),
             written: Mutex::new(written),
+            unsynced: Mutex::new(HashSet::new()),
         })
     }
 
@@ -97,8 +101,9 @@ impl StatusStore for StatusFiles {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = path.with_extension(format!("yaml.tmp{n}"));
-        // Durable before it is visible: the data, then the rename, then the directory
-        // entry, so that a crash leaves the old status or the new one, never an empty file.
+        // Durable before it is visible: the data, then the rename; the directory entry
+        // at the next `sync` (the writer's, after each batch), so that a crash leaves the
+        // old status or the new one, never an empty file.
         {
             let mut f = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut f, text.as_bytes())?;
@@ -106,10 +111,20 @@ impl StatusStore for StatusFiles {
         }
         std::fs::rename(&tmp, &path)?;
         if let Some(parent) = path.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
+            lock(&self.unsynced).insert(parent.to_path_buf());
         }
         lock(&self.written).insert(key.clone(), status.clone());
         Ok(true)
+    }
+
+    /// Fsyncs each directory whose entries changed since the last `sync`.
+    fn sync(&self) -> std::io::Result<()> {
+        let mut unsynced = lock(&self.unsynced);
+        while let Some(dir) = unsynced.iter().next().cloned() {
+            std::fs::File::open(&dir)?.sync_all()?;
+            unsynced.remove(&dir);
+        }
+        Ok(())
     }
 
     /// The resource is no longer managed: its status file goes.

@@ -39,6 +39,11 @@ pub trait StatusStore: Send + Sync {
     ) -> std::io::Result<bool>;
     /// The resource is no longer managed.
     fn remove(&self, key: &ResourceKey);
+    /// Makes what `write` stored durable where it is not yet (the files' directory
+    /// entries: one fsync per directory for a batch of writes, not one per write).
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
     /// The source saw the object as its store holds it (uid, version, status): for
     /// stores that keep statuses on the objects themselves.
     fn stored(
@@ -70,6 +75,9 @@ impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
     }
     fn remove(&self, key: &ResourceKey) {
         (**self).remove(key)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        (**self).sync()
     }
     fn stored(
         &self,

@@ -1,9 +1,10 @@
 //! The standard process series (`process_cpu_seconds_total`,
 //! `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //! `process_start_time_seconds`, `process_virtual_memory_bytes`, `process_threads`), read
-//! from `/proc/self` on every scrape, as the Prometheus client libraries report them.
-//! prometheus-client has no such collector and the maintained ones are for other metric
-//! crates, so this is a small one of our own. Linux only; elsewhere it reports nothing.
+//! from `/proc/self` on every scrape (the boot time and the open-file limit once), as the
+//! Prometheus client libraries report them. prometheus-client has no such collector and
+//! the maintained ones are for other metric crates, so this is a small one of our own.
+//! Linux only; elsewhere it reports nothing.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -34,25 +35,45 @@ impl ProcessStats {
         // The command name is in parentheses and may hold spaces: fields follow its end.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
-        let boot_time: f64 = std::fs::read_to_string("/proc/stat")
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-        let max_fds = std::fs::read_to_string("/proc/self/limits")
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-            .unwrap_or(f64::INFINITY);
+        let fixed = Fixed::get()?;
         Some(ProcessStats {
             // Fields 14 and 15: user and system time, in clock ticks.
             cpu_seconds: (field(14)? + field(15)?) / TICKS,
             resident_bytes: field(24)? * PAGE,
             virtual_bytes: field(23)?,
             threads: field(20)?,
-            start_time_seconds: boot_time + field(22)? / TICKS,
+            start_time_seconds: fixed.boot_time + field(22)? / TICKS,
             open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as f64,
-            max_fds,
+            max_fds: fixed.max_fds,
+        })
+    }
+}
+
+/// What does not change while the process runs, read at the first scrape: the boot
+/// time (from `/proc/stat`, whose per-CPU and per-interrupt lines make it the costliest
+/// file a scrape read) and the open-file limit (`/proc/self/limits`; a `prlimit` on the
+/// running process shows at its restart).
+#[derive(Clone, Copy)]
+struct Fixed {
+    boot_time: f64,
+    max_fds: f64,
+}
+
+impl Fixed {
+    fn get() -> Option<Fixed> {
+        static FIXED: std::sync::OnceLock<Option<Fixed>> = std::sync::OnceLock::new();
+        *FIXED.get_or_init(|| {
+            let boot_time = std::fs::read_to_string("/proc/stat")
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+            let max_fds = std::fs::read_to_string("/proc/self/limits")
+                .ok()?
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+                .unwrap_or(f64::INFINITY);
+            Some(Fixed { boot_time, max_fds })
         })
     }
 }

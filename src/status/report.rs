@@ -21,6 +21,11 @@ use super::{StatusStore, now};
 /// How long a refused status waits before the writer tries the store again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long the writer gathers statuses after the first one before it stores them: a
+/// status superseded meanwhile (Applying, then Applied a PATCH later) is never written,
+/// and a batch costs one fsync per directory. A flush or the end does not wait for it.
+const GATHER: Duration = Duration::from_millis(200);
+
 pub struct Reporter {
     writer: Arc<Writer>,
     metrics: Arc<Metrics>,
@@ -49,6 +54,8 @@ struct Pending {
     statuses: HashMap<ResourceKey, (u64, Option<Arc<Workload>>, Status)>,
     next: u64,
     closed: bool,
+    /// Flushes waiting: the writer stores at once, without gathering.
+    hurry: usize,
 }
 
 impl Reporter {
@@ -184,6 +191,15 @@ impl Reporter {
     /// Waits until every status decided so far is stored, `deadline` at most (a store
     /// that refuses writes ends the wait early); whether all were.
     pub fn flush(&self, deadline: Duration) -> bool {
+        self.writer.lock().hurry += 1;
+        self.writer.changed.notify_all();
+        let stored = self.wait_stored(deadline);
+        self.writer.lock().hurry -= 1;
+        // What the writer stored, durable (the directories' entries included).
+        stored && self.writer.store.sync().is_ok()
+    }
+
+    fn wait_stored(&self, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
         let mut pending = self.writer.lock();
         loop {
@@ -297,6 +313,18 @@ impl Writer {
                 if p.statuses.is_empty() {
                     return;
                 }
+                let until = Instant::now() + GATHER;
+                while !p.closed && p.hurry == 0 {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    p = self
+                        .changed
+                        .wait_timeout(p, until - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
             }
             if !self.write_pending() {
                 let p = self.lock();
@@ -350,6 +378,14 @@ impl Writer {
                     break;
                 }
             }
+        }
+        if let Err(e) = self.store.sync() {
+            // The statuses are written; their directories are synced with the next batch
+            // or flush.
+            if !self.failing.swap(true, Ordering::SeqCst) {
+                warn!(error = %e, "cannot sync the status directory (synced again with the next write)");
+            }
+            all = false;
         }
         self.changed.notify_all();
         all
