@@ -380,6 +380,48 @@ def pylxd_way(project, names, old_rev, rev):
 # ----------------------------------------------------------------------------------------
 
 
+def controller_upgrade(project, res_dir, res_file, n, rev, workers):
+    """The controller, started on resources at `rev` and settled, then the resources at
+    rev + 1: the time to the last PATCH and the DELETE, the controller's CPU per instance,
+    and the LXD requests it sent meanwhile."""
+    write_atomic(res_file, resources_yaml(n, rev))
+    ctl = Controller(project.name, res_dir, workers=workers)
+    try:
+        settled(ctl, n)
+        before = ctl.metrics()
+        cpu0 = ctl.cpu_seconds()
+        t0 = time.monotonic()
+        write_atomic(res_file, resources_yaml(n, rev + 1))
+        m = ctl.wait("upgrade", lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n
+                     and requests(m, "DELETE", "200") - requests(before, "DELETE", "200") >= 1,
+                     near=lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n - 8)
+        took = time.monotonic() - t0
+        cpu_ms = 1000 * (ctl.cpu_seconds() - cpu0) / n
+        sent = requests(m) - requests(before)
+    finally:
+        ctl.stop()
+    lists = Lxd(project.name).profiles_of_all()
+    assert all(lists[i] == expected(rev + 1) for i in project.instances), "upgrade incomplete"
+    return took, cpu_ms, sent
+
+
+def full_loop(n):
+    """The full loop on the in-memory LXD (src/testing/full_loop.rs), in release: its
+    figures, or None when it cannot run."""
+    log(f"full loop at {n} resources (cargo test --release; the first build takes minutes)")
+    r = subprocess.run(["cargo", "test", "-q", "--release", "--lib", "testing::full_loop::full_loop_at_scale",
+                        "--", "--ignored", "--exact", "--nocapture"], cwd=ROOT,
+                       env={**os.environ, "FULL_LOOP_N": str(n)}, capture_output=True, text=True)
+    for line in r.stderr.splitlines():
+        if line.startswith("full loop:"):
+            log(line)
+    for line in r.stdout.splitlines():
+        if line.startswith("FULL_LOOP_JSON "):
+            return json.loads(line[len("FULL_LOOP_JSON "):])
+    log("the full loop did not run:", r.stderr.strip()[-500:])
+    return None
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
@@ -391,7 +433,25 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 instances, few samples")
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "results.json"))
     ap.add_argument("--workers", default="1,2,4", help="the --workers values tried for the upgrade")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="consecutive rounds of the controller's upgrade and the 2-connection floor (3)")
+    ap.add_argument("--full-loop", type=int, default=100000, metavar="N",
+                    help="resources of the full loop on the in-memory LXD (100000; 0: skip it)")
+    ap.add_argument("--full-loop-only", action="store_true",
+                    help="run only the full loop (no LXD needed) and merge it into the JSON")
     args = ap.parse_args()
+    if args.full_loop_only:
+        results = {}
+        if os.path.exists(args.json):
+            with open(args.json) as f:
+                results = json.load(f)
+        results["full_loop"] = full_loop(args.full_loop or 100000)
+        report_full_loop(results["full_loop"])
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        log("figures written to", args.json)
+        return
     n = 20 if args.quick else args.instances
     samples = 10 if args.quick else 50
     steady_window = 12 if args.quick else 60
@@ -420,30 +480,16 @@ def main():
         # 2. Upgrade, for each --workers value.
         rev = 1
         best = None
+        ctl.stop()
         for w in [int(x) for x in args.workers.split(",")]:
-            ctl.stop()
-            ctl = Controller(project.name, res_dir, workers=w)
-            settled(ctl, n)
-            before = ctl.metrics()
-            cpu0 = ctl.cpu_seconds()
-            t0 = time.monotonic()
-            write_atomic(res_file, resources_yaml(n, rev + 1))
-            m = ctl.wait("upgrade", lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n
-                         and requests(m, "DELETE", "200") - requests(before, "DELETE", "200") >= 1,
-                         near=lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n - 8)
-            took = time.monotonic() - t0
-            cpu_ms = 1000 * (ctl.cpu_seconds() - cpu0) / n
-            sent = requests(m) - requests(before)
+            took, cpu_ms, sent = controller_upgrade(project, res_dir, res_file, n, rev, w)
             rev += 1
-            lists = Lxd(project.name).profiles_of_all()
-            assert all(lists[i] == expected(rev) for i in names), "upgrade incomplete"
             results["controller"][f"upgrade_workers_{w}_s"] = took
             results["controller"][f"upgrade_workers_{w}_requests"] = sent
             results["controller"][f"upgrade_workers_{w}_cpu_ms_per_instance"] = cpu_ms
             log(f"upgrade with --workers {w}: {took:.2f} s, {sent:.0f} requests, controller CPU {cpu_ms:.2f} ms per instance")
             if best is None or took < best[1]:
                 best = (w, took, sent)
-        ctl.stop()
 
         # Baselines: the same upgrade by other clients, controller stopped.
         def baseline(label, fn, **kw):
@@ -468,6 +514,18 @@ def main():
                 pylxd_note = str(e)[:200]
         else:
             pylxd_note = "pylxd could not be installed here"
+        # Three consecutive rounds: the controller's upgrade (--workers 4), then the
+        # 2-connection floor on the same instances right after it.
+        rounds = []
+        for r in range(args.rounds):
+            took, cpu_ms, sent = controller_upgrade(project, res_dir, res_file, n, rev, 4)
+            rev += 1
+            f2, _ = baseline(f"round {r + 1}: floor, 2 connections", floor, connections=2)
+            rounds.append({"controller_s": took, "floor2_s": f2, "ratio": took / f2,
+                           "cpu_ms_per_instance": cpu_ms, "requests": sent})
+            log(f"round {r + 1}: controller {took:.2f} s ({sent:.0f} requests, {cpu_ms:.2f} ms CPU per instance), "
+                f"floor {f2:.2f} s: {took / f2:.3f}x")
+        results["controller"]["rounds"] = rounds
         rows.append({"what": "floor: minimal requests, 1 connection (python http.client)", "seconds": floor_s, "requests": floor_req})
         rows.append({"what": "floor: same, 2 connections", "seconds": floor2_s, "requests": floor_req})
         w, took, sent = best
@@ -548,6 +606,8 @@ def main():
                            env={**os.environ, "SCALE_N": f"{n},{10 * n},{100 * n}"},
                            capture_output=True, text=True)
     results["scale"] = [json.loads(l) for l in scale.stdout.splitlines() if l.startswith("{")]
+    if args.full_loop:
+        results["full_loop"] = full_loop(args.full_loop)
 
     report(results, floor_s)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -597,6 +657,23 @@ def upgrade_chart(results, floor_s):
     return "\n".join(out)
 
 
+def report_full_loop(fl):
+    if not fl:
+        return
+    print(f"\n### The full loop on the in-memory LXD: {fl['n']} Machines, {fl['applications']} Applications, "
+          f"{fl['threads']} threads, --workers {fl['workers']}\n")
+    print("| phase | reconciles | reconciles per second | CPU | CPU per reconcile | peak RSS | LXD requests |")
+    print("|---|---|---|---|---|---|---|")
+    for name, label in (("converge", "converge from cold"), ("bump", "revision bump of every Machine's application"),
+                        ("resync", "in-sync resync (listing + every key)")):
+        p = fl["phases"].get(name)
+        if not p:
+            continue
+        req = ", ".join(f"{v} {k}" for k, v in sorted(p["lxd_requests"].items()))
+        print(f"| {label} | {p['reconciles']:.0f} | {p['reconciles_per_second']:.0f} | {p['cpu_seconds']:.2f} s | "
+              f"{p['cpu_ms_per_reconcile'] * 1000:.0f} µs | {p['peak_rss_bytes'] / 2**20:.0f} MiB | {req} |")
+
+
 def report(results, floor_s):
     n = results["instances"]
     c = results["controller"]
@@ -612,13 +689,22 @@ def report(results, floor_s):
     print(f"\n### lxd-mutater, {n} instances\n")
     print("| scenario | figure |")
     print("|---|---|")
-    print(f"| initial converge (start to last instance applied; 2 applications each) | {c['initial_converge_s']:.2f} s, {c['initial_requests']:.0f} requests (minimum {n + 3} writes + 2 listings) |")
+    print(f"| initial converge (start to last instance applied; 2 applications each) | {c['initial_converge_s']:.2f} s, {c['initial_requests']:.0f} requests (minimum {n + 6}: {n + 3} writes, the project check, one listing of instances and of profiles) |")
     print(f"| manual drift on 10% ({max(1, n // 10)} instances) to all corrected | {c['manual_drift_10pct_s']:.2f} s |")
     print(f"| YAML edit to applied | median {1000 * c['edit_to_applied_median_s']:.0f} ms, p95 {1000 * c['edit_to_applied_p95_s']:.0f} ms |")
     print(f"| manual drift to corrected (events) | median {1000 * c['drift_to_corrected_median_s']:.0f} ms, p95 {1000 * c['drift_to_corrected_p95_s']:.0f} ms |")
     rpr = c.get("steady_requests_per_resync")
     cpu = c.get("steady_cpu_ms_per_resync")
     print(f"| steady state, resync every 10 s ({c['steady_resyncs']:.1f} resyncs) | {rpr:.1f} requests per resync, {c['steady_writes']:.0f} writes, {cpu:.1f} ms CPU per resync, RSS {c['steady_rss_mib']:.1f} MiB |")
+    rounds = c.get("rounds") or []
+    if rounds:
+        print("\n### Consecutive rounds: the controller's upgrade (--workers 4), then the 2-connection floor\n")
+        print("| round | lxd-mutater | floor, 2 connections | ratio | controller CPU per instance | requests |")
+        print("|---|---|---|---|---|---|")
+        for i, r in enumerate(rounds):
+            print(f"| {i + 1} | {r['controller_s']:.2f} s | {r['floor2_s']:.2f} s | {r['ratio']:.3f}x | "
+                  f"{r['cpu_ms_per_instance']:.2f} ms | {r['requests']:.0f} |")
+    report_full_loop(results.get("full_loop"))
     if results.get("scale"):
         print("\n### Pure parts without a daemon (plan, index, memory per resource)\n")
         print("| resources | plan per resource | index per resource | memory per resource |")
