@@ -12,6 +12,7 @@ release binary (make bench builds it).
 """
 
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -267,9 +268,15 @@ def metric(m, series):
 
 
 def settled(ctl, n):
-    """Ready, and one pass over every resource done."""
+    """Ready, one pass over every resource done, and every status stored (the writer
+    thread stores them after the pass: a measurement started before would count it)."""
     ctl.wait("a first pass", lambda m: metric(m, 'lxd_mutater_reconcile_total{controller="machine",result="success"}') >= n
              and metric(m, 'workqueue_depth{name="lxd_mutater"}') == 0, timeout=300, every=0.05)
+    deadline = time.monotonic() + 300
+    while len(glob.glob(os.path.join(ctl.state, "*", "machines", "*.yaml"))) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError("statuses not stored within 300 s")
+        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------------
