@@ -118,6 +118,14 @@ fn diff(p: &TestProject, resources: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// `lxd-mutater <args>`, which must succeed: its stdout (the resources) and stderr.
+fn import(args: &[&str]) -> (String, String) {
+    let out = bin().args(args).output().expect("run import");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    (text(&out.stdout), err)
+}
+
 /// `run --once` on `resources` through a counting proxy: its exit code, its output, and
 /// the requests LXD saw (writes and all).
 fn run_once(p: &TestProject, resources: &Path) -> (Option<i32>, String, usize, usize) {
@@ -157,12 +165,7 @@ fn importing_jujus_status_then_running_the_controller_writes_nothing_to_lxd() {
     as_juju_left_it(&p);
     let before = snapshot(&p);
 
-    let out = bin()
-        .args(["import", "juju-status", FIXTURE])
-        .output()
-        .expect("run import");
-    let (yaml, err) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (yaml, err) = import(&["import", "juju-status", FIXTURE]);
     assert!(
         err.contains("machine \"1\" is a manual machine (manual:10.20.0.15)"),
         "the manual machine is said: {err}"
@@ -212,12 +215,7 @@ fn importing_a_juju_lxd_project_is_in_sync_at_once_for_machines_and_for_a_hosts_
     as_juju_left_it(&p);
     let before = snapshot(&p);
 
-    let out = bin()
-        .args(["import", "lxd", "--lxd-project", p.name()])
-        .output()
-        .expect("run import lxd");
-    let (yaml, err) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (yaml, err) = import(&["import", "lxd", "--lxd-project", p.name()]);
     assert!(
         yaml.contains("kind: Machine\nmetadata:\n  name: \"0\"\n  namespace: demo\nspec:\n  instance: juju-4d5e6f-0\n  applications:\n  - kubernetes-worker\n  - containerd\n"),
         "{yaml}"
@@ -234,12 +232,7 @@ fn importing_a_juju_lxd_project_is_in_sync_at_once_for_machines_and_for_a_hosts_
     assert_eq!((code, writes), (Some(0), 0), "{shown}");
 
     // The containers of host 1, for the container controller of that host.
-    let out = bin()
-        .args(["import", "lxd", "--lxd-project", p.name(), "--machine", "1"])
-        .output()
-        .expect("run import lxd --machine");
-    let (yaml, err) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (yaml, _) = import(&["import", "lxd", "--lxd-project", p.name(), "--machine", "1"]);
     assert!(
         yaml.contains("kind: Container\nmetadata:\n  name: 1-lxd-0\n  namespace: demo\nspec:\n  machine: \"1\"\n  instance: juju-4d5e6f-1-lxd-0\n  applications:\n  - kubernetes-worker\n  - containerd\n"),
         "{yaml}"

@@ -131,13 +131,7 @@ impl Drop for PlainKeys {
 /// The library's message without the position it carries (ours is printed in front),
 /// and in the product's words where the library's are advice to its own users.
 fn yaml_message(e: &serde_saphyr::Error) -> String {
-    let mut inner = e;
-    while let serde_saphyr::Error::AliasError { error, .. }
-    | serde_saphyr::Error::WithSnippet { error, .. } = inner
-    {
-        inner = error;
-    }
-    match inner {
+    match crate::resource::parse::innermost(e) {
         serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => {
             return format!("the key {k:?} appears twice in this mapping");
         }
@@ -154,20 +148,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         }
         _ => {}
     }
-    let text = e.without_snippet().to_string();
-    let text = text.strip_prefix("error: ").unwrap_or(&text);
-    let text = match text.strip_prefix("line ") {
-        Some(rest) => match rest.split_once(": ") {
-            Some((pos, msg)) if pos.contains(" column ") => msg,
-            _ => text,
-        },
-        None => text,
-    };
-    let text = text.lines().next().unwrap_or(text).trim();
-    match text.rsplit_once(" at line ") {
-        Some((msg, pos)) if pos.contains(", column ") => msg.to_string(),
-        _ => text.to_string(),
-    }
+    crate::resource::parse::unpositioned(e)
 }
 
 fn model_name(file: &str, status: &Status) -> Result<String, ImportError> {
@@ -1179,19 +1160,6 @@ mod tests {
         })
     }
 
-    fn keys(i: &Import) -> Vec<String> {
-        i.resources()
-            .map(|r| {
-                format!(
-                    "{} {}/{}",
-                    r.kind(),
-                    r.metadata().namespace,
-                    r.metadata().name
-                )
-            })
-            .collect()
-    }
-
     /// A status with model `m`: `machines` and `applications` are the indented entries.
     fn status(machines: &str, applications: &str) -> String {
         format!(
@@ -1206,7 +1174,7 @@ mod tests {
     fn the_composed_example_becomes_applications_machines_and_a_container() {
         let i = import(DEMO);
         assert_eq!(
-            keys(&i),
+            i.keys(),
             [
                 "Application demo/containerd",
                 "Application demo/kubernetes-worker",
@@ -1329,7 +1297,7 @@ mod tests {
         );
         let i = import(&text);
         assert_eq!(
-            keys(&i),
+            i.keys(),
             [
                 "Application m/b",
                 "Application m/z",
@@ -1350,7 +1318,7 @@ mod tests {
         let apps = "  a:\n    charm-rev: 1\n    units:\n      a/0:\n        juju-status: {current: executing, life: dying}\n        machine: \"0\"\n      a/1:\n        juju-status: {current: lost, life: dead}\n        machine: \"2\"\n      a/2:\n        machine: 0/kvm/0\n      a/3:\n        juju-status: {current: allocating}\n  gone:\n    charm-rev: 2\n    life: dead\n  broken:\n    status-error: 'cannot get application: boom'\n";
         let i = import(&status(machines, apps));
         assert_eq!(
-            keys(&i),
+            i.keys(),
             [
                 "Application m/a",
                 "Machine m/0",

@@ -651,26 +651,13 @@ mod tests {
         }
     }
 
-    fn keys(i: &Import) -> Vec<String> {
-        i.resources()
-            .map(|r| {
-                format!(
-                    "{} {}/{}",
-                    r.kind(),
-                    r.metadata().namespace,
-                    r.metadata().name
-                )
-            })
-            .collect()
-    }
-
     fn workload<'a>(i: &'a Import, name: &str) -> &'a Workload {
         i.resources()
             .find_map(|r| match r {
                 Resource::Machine(w) | Resource::Container(w) if w.metadata.name == name => Some(w),
                 _ => None,
             })
-            .unwrap_or_else(|| panic!("{name} in {:?}", keys(i)))
+            .unwrap_or_else(|| panic!("{name} in {:?}", i.keys()))
     }
 
     fn messages(i: &Import) -> Vec<String> {
@@ -682,7 +669,7 @@ mod tests {
         let (instances, profiles) = demo();
         let i = convert(&instances, &profiles, &opts(None, None)).unwrap();
         assert_eq!(
-            keys(&i),
+            i.keys(),
             [
                 "Application demo/containerd",
                 "Application demo/kubernetes-worker",
@@ -722,7 +709,7 @@ mod tests {
         let (instances, profiles) = demo();
         let i = convert(&instances, &profiles, &opts(Some("1"), None)).unwrap();
         assert_eq!(
-            keys(&i),
+            i.keys(),
             [
                 "Application demo/containerd",
                 "Application demo/kubernetes-worker",
@@ -740,7 +727,7 @@ mod tests {
         );
         // Another host's containers are not this one's.
         let i = convert(&instances, &profiles, &opts(Some("2"), None)).unwrap();
-        assert!(keys(&i).iter().all(|k| !k.starts_with("Container")));
+        assert!(i.keys().iter().all(|k| !k.starts_with("Container")));
         assert!(
             messages(&i)
                 .iter()
@@ -761,7 +748,7 @@ mod tests {
         );
         let i = convert(&instances, &profiles, &opts(Some("0"), Some("a-b"))).unwrap();
         assert_eq!(
-            keys(&i),
+            i.keys(),
             ["Application a-b/c", "Container a-b/c"],
             "a name that is not Juju's names the resource"
         );
@@ -827,10 +814,10 @@ mod tests {
         profiles.push(profile("juju-other", &[]));
         profiles.push(profile("juju-other-x-1", &[("security.nesting", "true")]));
         let all = convert(&instances, &profiles, &opts(None, None)).unwrap();
-        assert!(keys(&all).contains(&"Machine other/0".to_string()));
+        assert!(all.keys().contains(&"Machine other/0".to_string()));
         let demo_only = convert(&instances, &profiles, &opts(None, Some("demo"))).unwrap();
         assert_eq!(
-            keys(&demo_only),
+            demo_only.keys(),
             [
                 "Application demo/containerd",
                 "Application demo/kubernetes-worker",

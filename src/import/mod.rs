@@ -92,6 +92,21 @@ impl Import {
         self.notes.iter().any(|n| n.level == Level::Error)
     }
 
+    /// `Kind namespace/name` of each resource, in order: what the tests compare.
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.resources()
+            .map(|r| {
+                format!(
+                    "{} {}/{}",
+                    r.kind(),
+                    r.metadata().namespace,
+                    r.metadata().name
+                )
+            })
+            .collect()
+    }
+
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.documents.iter().map(|d| &d.resource)
     }

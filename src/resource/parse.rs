@@ -356,13 +356,7 @@ where
 fn yaml_message(e: &serde_saphyr::Error) -> String {
     // Where the library's own words are advice to its API's users, or its Debug output,
     // say it to a user instead.
-    let mut inner = e;
-    while let serde_saphyr::Error::AliasError { error, .. }
-    | serde_saphyr::Error::WithSnippet { error, .. } = inner
-    {
-        inner = error;
-    }
-    match inner {
+    match innermost(e) {
         serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
             return match key {
                 Some(k) => format!("the key {k:?} appears twice in this mapping"),
@@ -390,6 +384,23 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         }
         _ => {}
     }
+    unpositioned(e)
+}
+
+/// The error inside serde-saphyr's alias and snippet wrappers.
+pub(crate) fn innermost(e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    let mut inner = e;
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    inner
+}
+
+/// serde-saphyr's own message, its first line, without the position it carries in front
+/// (`error: line L column C: `) or, for custom messages, at the end.
+pub(crate) fn unpositioned(e: &serde_saphyr::Error) -> String {
     let text = e.without_snippet().to_string();
     let text = text.strip_prefix("error: ").unwrap_or(&text);
     let text = match text.strip_prefix("line ") {
@@ -400,7 +411,6 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         None => text,
     };
     let text = text.lines().next().unwrap_or(text).trim();
-    // Custom messages carry the position again at the end: drop it.
     match text.rsplit_once(" at line ") {
         Some((msg, pos)) if pos.contains(", column ") => msg.to_string(),
         _ => text.to_string(),
