@@ -555,6 +555,88 @@ async fn two_resources_naming_one_instance_write_nothing_to_it(backend: Backend)
     assert!(theirs.message.contains("Machine/m/0"), "{}", theirs.message);
 }
 
+on_both!(async fn a_subordinate_profile_follows_its_principal_and_leaves_with_the_relation);
+/// SPEC §4, subordinates: the subordinate's profile goes on every instance that runs one
+/// of its principals, right after the first principal's; emptying `subordinateTo` takes
+/// it off, and the unused profile goes.
+async fn a_subordinate_profile_follows_its_principal_and_leaves_with_the_relation(
+    backend: Backend,
+) {
+    let h = Harness::new(backend);
+    h.lxd.empty_instance("i0");
+    h.lxd.empty_instance("i1");
+    let tel = |to: &str| {
+        app(
+            "tel",
+            2,
+            &format!(
+                "  subordinate: true\n  subordinateTo: [{to}]\n  lxdProfile:\n    config: {{security.privileged: true}}\n"
+            ),
+        )
+    };
+    let rest = app("one", 3, NESTING)
+        + &app("two", 5, NESTING)
+        + &machine("0", Some("i0"), &["one", "two"], "")
+        + &machine("1", Some("i1"), &["two"], "");
+    h.write("r.yaml", &(tel("one") + &rest));
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&[
+            "default",
+            "juju-m",
+            "juju-m-one-3",
+            "juju-m-tel-2",
+            "juju-m-two-5"
+        ])
+    );
+    assert_eq!(
+        h.profiles("i1"),
+        strings(&["default", "juju-m", "juju-m-two-5"]),
+        "no principal of tel on i1"
+    );
+
+    h.write("r.yaml", &(tel("") + &rest));
+    h.pass().await;
+    assert_eq!(
+        h.profiles("i0"),
+        strings(&["default", "juju-m", "juju-m-one-3", "juju-m-two-5"])
+    );
+    assert!(
+        !h.has_profile("juju-m-tel-2"),
+        "the unused profile is deleted"
+    );
+}
+
+on_both!(async fn the_model_profile_it_made_goes_with_the_last_resource_and_one_it_did_not_stays);
+/// SPEC §4, the model profile's lifecycle: `juju-m`, made by the controller, is deleted
+/// once no resource of namespace `m` remains and LXD reports it unused (Juju leaves it
+/// behind); `juju-other`, made by hand, is never touched.
+async fn the_model_profile_it_made_goes_with_the_last_resource_and_one_it_did_not_stays(
+    backend: Backend,
+) {
+    let h = Harness::one_machine(backend);
+    h.lxd.lxc(&["profile", "create", "juju-other"]);
+    h.pass().await;
+    assert!(h.has_profile("juju-m"));
+    h.write("r.yaml", &app("one", 3, NESTING));
+    h.pass().await;
+    assert!(
+        h.has_profile("juju-m"),
+        "the instance still uses it: LXD reports it in use"
+    );
+    // The instance leaves the model (by hand, as Juju's provider does on release).
+    h.lxd.lxc(&["profile", "assign", "i0", "default"]);
+    h.write("r.yaml", "");
+    h.pass().await;
+    assert!(
+        !h.has_profile("juju-m"),
+        "made by us, unused, no resource left"
+    );
+    assert!(!h.has_profile("juju-m-one-3"));
+    assert!(h.has_profile("juju-other"), "not ours: never touched");
+}
+
 on_both!(fn a_project_sharing_the_default_projects_profiles_is_refused);
 /// A project without profiles of its own (features.profiles=false) shares the default
 /// project's: refused with the reason, nothing written, unless allowed.
