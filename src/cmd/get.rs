@@ -162,8 +162,15 @@ fn watch(
     let watcher = notify_debouncer_full::new_debouncer(
         Duration::from_millis(50),
         None,
-        move |_events: notify_debouncer_full::DebounceEventResult| {
-            let _ = tx.send(());
+        move |events: notify_debouncer_full::DebounceEventResult| {
+            // Its own reads of the status files are no change (they would tick again).
+            let changed = events.as_ref().map_or(true, |v| {
+                v.iter()
+                    .any(|e| crate::source::files::is_change(&e.event.kind))
+            });
+            if changed {
+                let _ = tx.send(());
+            }
         },
     );
     let _watcher = match watcher {

@@ -197,6 +197,22 @@ impl FileSnapshot {
     }
 }
 
+/// Whether a watch event may change the resources. Reading a file is not a change: the
+/// rescan's own reads would otherwise tick the next rescan, ten times a second for ever
+/// (inotify reports opens and closes).
+pub(crate) fn is_change(kind: &notify::EventKind) -> bool {
+    !matches!(
+        kind,
+        notify::EventKind::Access(
+            notify::event::AccessKind::Open(_)
+                | notify::event::AccessKind::Read
+                | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+                | notify::event::AccessKind::Close(notify::event::AccessMode::Execute)
+                | notify::event::AccessKind::Any
+        )
+    )
+}
+
 /// How long the watch waits after a change before it ticks: an editor's save is several
 /// events (a temporary file, a rename), read as one.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -213,9 +229,12 @@ pub fn watch(
 ) -> Result<(mpsc::Receiver<()>, impl Drop), notify::Error> {
     let (tx, rx) = mpsc::channel(1);
     let (changed, mut changes) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        // A full channel already holds a change: they coalesce.
-        let _ = changed.try_send(());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // A full channel already holds a change: they coalesce. An error ticks: a rescan
+        // finds out.
+        if event.as_ref().map_or(true, |e| is_change(&e.kind)) {
+            let _ = changed.try_send(());
+        }
     })?;
     notify::Watcher::watch(&mut watcher, root, notify::RecursiveMode::Recursive)?;
     let ticker = tx.clone();
@@ -245,6 +264,29 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_file_is_no_change_and_writing_one_is() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Any,
+        ] {
+            assert!(!is_change(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(notify::event::RemoveKind::Any),
+            EventKind::Any,
+        ] {
+            assert!(is_change(&change), "{change:?}");
+        }
+    }
     use crate::testing::{app, machine};
 
     fn names(events: &[SourceEvent]) -> Vec<String> {
