@@ -39,8 +39,8 @@ pub trait StatusStore: Send + Sync {
     ) -> std::io::Result<bool>;
     /// The resource is no longer managed.
     fn remove(&self, key: &ResourceKey);
-    /// Makes what `write` stored durable where it is not yet (the files' directory
-    /// entries: one fsync per directory for a batch of writes, not one per write).
+    /// Makes what `write` stored durable and visible where it is not yet (the files: one
+    /// device flush for a batch of writes, not one per write).
     fn sync(&self) -> std::io::Result<()> {
         Ok(())
     }

@@ -23,7 +23,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// How long the writer gathers statuses after the first one before it stores them: a
 /// status superseded meanwhile (Applying, then Applied a PATCH later) is never written,
-/// and a batch costs one fsync per directory. A flush or the end does not wait for it.
+/// and a batch costs one device flush (`StatusFiles::sync`). A flush or the end does not wait for it.
 const GATHER: Duration = Duration::from_millis(200);
 
 pub struct Reporter {
@@ -307,10 +307,11 @@ impl Writer {
         loop {
             {
                 let mut p = self.lock();
-                while p.statuses.is_empty() && !p.closed {
+                // A store that failed is tried again (its sync) even with nothing pending.
+                while p.statuses.is_empty() && !p.closed && !self.failing.load(Ordering::SeqCst) {
                     p = self.changed.wait(p).unwrap_or_else(PoisonError::into_inner);
                 }
-                if p.statuses.is_empty() {
+                if p.statuses.is_empty() && p.closed {
                     return;
                 }
                 let until = Instant::now() + GATHER;
@@ -359,14 +360,10 @@ impl Writer {
             }
             let object = workload.map_or(serde_json::Value::Null, |w| object(&key, &w, &status));
             match self.store.write(&key, &object, &status) {
-                Ok(wrote) => {
+                Ok(_) => {
                     let mut p = self.lock();
                     if p.statuses.get(&key).is_some_and(|(s, ..)| *s == seq) {
                         p.statuses.remove(&key);
-                    }
-                    drop(p);
-                    if wrote && self.failing.swap(false, Ordering::SeqCst) {
-                        info!("statuses can be written again");
                     }
                 }
                 Err(e) => {
@@ -379,13 +376,15 @@ impl Writer {
                 }
             }
         }
+        // What was written becomes durable and visible; what the store could not sync it
+        // keeps, and the writer tries again after `RETRY_AFTER`.
         if let Err(e) = self.store.sync() {
-            // The statuses are written; their directories are synced with the next batch
-            // or flush.
             if !self.failing.swap(true, Ordering::SeqCst) {
-                warn!(error = %e, "cannot sync the status directory (synced again with the next write)");
+                warn!(error = %e, "cannot sync the status files (tried again every second)");
             }
             all = false;
+        } else if all && self.failing.swap(false, Ordering::SeqCst) {
+            info!("statuses can be written again");
         }
         self.changed.notify_all();
         all
