@@ -5,24 +5,39 @@ use crate::resource::{
     Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules,
 };
 
-/// A charm profile the instance needs, with the content it must have (without the owner
-/// key).
+/// A charm profile the instance needs: its name, and the application's profile it must
+/// hold (borrowed: a plan over the fleet copies no profile content; `content()` makes
+/// the owned copy a write needs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CharmProfile {
+pub struct CharmProfile<'a> {
     pub name: String,
-    pub content: ProfileContent,
+    pub profile: &'a LxdProfile,
     /// The application and revision it is made for (recorded on it).
-    pub application: String,
+    pub application: &'a str,
     pub revision: u64,
+}
+
+impl CharmProfile<'_> {
+    /// The content the controller writes, owner key excluded.
+    pub fn content(&self) -> ProfileContent {
+        charm_content(self.profile)
+    }
+
+    /// Whether `content` (a profile in LXD, owner key excluded) is this one's.
+    pub fn is_held_by(&self, content: &ProfileContent) -> bool {
+        content.description == self.profile.description
+            && content.config == self.profile.config
+            && content.devices == self.profile.devices
+    }
 }
 
 /// The instance's expected profile list, in order, and what it needs to exist.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExpectedProfiles {
+pub struct ExpectedProfiles<'a> {
     pub list: Vec<String>,
     /// The model profile, for a Machine (`juju-{model}`): created if missing.
     pub model_profile: Option<String>,
-    pub charm_profiles: Vec<CharmProfile>,
+    pub charm_profiles: Vec<CharmProfile<'a>>,
 }
 
 /// Why an instance has no expected list.
@@ -63,16 +78,18 @@ pub fn expected_profiles<'a>(
     application: impl Fn(&str) -> Option<&'a Application>,
     subordinates: impl Fn(&str) -> Vec<&'a Application>,
     names: &ProfileNames,
-) -> Result<ExpectedProfiles, ExpectedError> {
+) -> Result<ExpectedProfiles<'a>, ExpectedError> {
     let model = &workload.metadata.namespace;
     let mut list: Vec<String> = vec!["default".into()];
     let model_profile = (flavour == Kind::Machine).then(|| names.model_profile(model));
     list.extend(model_profile.clone());
-    list.extend(workload.spec.extra_profiles.iter().cloned());
-    let mut charm_profiles = Vec::new();
+    for p in &workload.spec.extra_profiles {
+        push_new(&mut list, p.clone());
+    }
+    let mut charm_profiles: Vec<CharmProfile<'a>> = Vec::new();
     // Each application in list order, each followed by its subordinates (Juju counts a
     // subordinate's unit on its principal's machine): right after the first principal.
-    let mut running: Vec<&Application> = Vec::new();
+    let mut running: Vec<&'a Application> = Vec::new();
     for app_name in &workload.spec.applications {
         let app = application(app_name)
             .ok_or_else(|| ExpectedError::MissingApplication(app_name.clone(), model.clone()))?;
@@ -99,24 +116,31 @@ pub fn expected_profiles<'a>(
             )));
         }
         let name = names.charm_profile(model, app_name, app.spec.revision);
+        if charm_profiles.iter().any(|c| c.name == name) {
+            continue;
+        }
         crate::resource::names::check_profile_name(&name).map_err(ExpectedError::InvalidName)?;
-        list.push(name.clone());
+        push_new(&mut list, name.clone());
         charm_profiles.push(CharmProfile {
             name,
-            content: charm_content(profile),
-            application: app_name.clone(),
+            profile,
+            application: app_name,
             revision: app.spec.revision,
         });
     }
-    let mut seen = std::collections::HashSet::new();
-    list.retain(|p| seen.insert(p.clone()));
-    let mut seen = std::collections::HashSet::new();
-    charm_profiles.retain(|p| seen.insert(p.name.clone()));
     Ok(ExpectedProfiles {
         list,
         model_profile,
         charm_profiles,
     })
+}
+
+/// Appends `name` unless the list holds it (the first one is kept). A linear look: the
+/// lists are a handful of names.
+fn push_new(list: &mut Vec<String>, name: String) {
+    if !list.contains(&name) {
+        list.push(name);
+    }
 }
 
 #[cfg(test)]

@@ -203,20 +203,20 @@ pub fn plan<'a>(
         let stamp = || Stamp {
             owner: Some(owner.to_string()),
             namespace: Some(namespace.clone()),
-            application: Some(cp.application.clone()),
+            application: Some(cp.application.to_string()),
             revision: Some(cp.revision),
         };
         match observed.profile(&cp.name) {
             None => steps.push(Step::CreateProfile {
                 name: cp.name.clone(),
-                content: cp.content.clone(),
+                content: cp.content(),
                 stamp: stamp(),
             }),
-            Some(op) if op.content != cp.content => {
+            Some(op) if !cp.is_held_by(&op.content) => {
                 if op.owned {
                     steps.push(Step::ReplaceProfile {
                         name: cp.name.clone(),
-                        content: cp.content.clone(),
+                        content: cp.content(),
                         stamp: stamp(),
                     });
                 } else {

@@ -7,42 +7,82 @@ use std::sync::Arc;
 
 use crate::resource::{Application, Kind, ProfileNames, Resource, ResourceKey, Workload};
 
-/// An application's identity: namespace (model) and name.
-pub type AppKey = (String, String);
+/// Maps keyed by an application's identity, namespace (model) and name, read with
+/// borrowed names: a lookup on the plan's path allocates nothing.
+#[derive(Debug)]
+struct ByApp<V>(HashMap<String, HashMap<String, V>>);
+
+impl<V> Default for ByApp<V> {
+    fn default() -> Self {
+        ByApp(HashMap::new())
+    }
+}
+
+impl<V> ByApp<V> {
+    fn get(&self, namespace: &str, name: &str) -> Option<&V> {
+        self.0.get(namespace)?.get(name)
+    }
+
+    fn get_mut(&mut self, namespace: &str, name: &str) -> Option<&mut V> {
+        self.0.get_mut(namespace)?.get_mut(name)
+    }
+
+    fn insert(&mut self, namespace: &str, name: &str, v: V) {
+        match self.0.get_mut(namespace) {
+            Some(m) => m.insert(name.to_string(), v),
+            None => self
+                .0
+                .entry(namespace.to_string())
+                .or_default()
+                .insert(name.to_string(), v),
+        };
+    }
+
+    fn get_or_default(&mut self, namespace: &str, name: &str) -> &mut V
+    where
+        V: Default,
+    {
+        self.0
+            .entry(namespace.to_string())
+            .or_default()
+            .entry(name.to_string())
+            .or_default()
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<V> {
+        let m = self.0.get_mut(namespace)?;
+        let v = m.remove(name);
+        if m.is_empty() {
+            self.0.remove(namespace);
+        }
+        v
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str, &V)> {
+        self.0
+            .iter()
+            .flat_map(|(ns, m)| m.iter().map(move |(n, v)| (ns.as_str(), n.as_str(), v)))
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Desired {
-    apps: HashMap<AppKey, Arc<Application>>,
+    apps: ByApp<Arc<Application>>,
     workloads: BTreeMap<ResourceKey, Arc<Workload>>,
-    by_app: HashMap<AppKey, BTreeSet<ResourceKey>>,
+    by_app: ByApp<BTreeSet<ResourceKey>>,
     by_instance: HashMap<String, BTreeSet<ResourceKey>>,
     by_extra_profile: HashMap<String, BTreeSet<ResourceKey>>,
     /// Per principal application, the names of its subordinates (`subordinateTo`).
-    subordinates_of: HashMap<AppKey, BTreeSet<String>>,
+    subordinates_of: ByApp<BTreeSet<String>>,
     /// How many Machines and Containers each namespace (model) holds.
     namespaces: BTreeMap<String, usize>,
 }
 
-/// The names a workload is indexed under.
-fn index_entries(key: &ResourceKey, w: &Workload) -> (Vec<AppKey>, Option<String>, Vec<String>) {
-    let apps = w
-        .spec
-        .applications
-        .iter()
-        .map(|a| (key.namespace.clone(), a.clone()))
-        .collect();
-    (apps, w.spec.instance.clone(), w.spec.extra_profiles.clone())
-}
-
-fn index_remove<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, BTreeSet<ResourceKey>>,
-    k: K,
-    key: &ResourceKey,
-) {
-    if let Some(set) = map.get_mut(&k) {
+fn index_remove(map: &mut HashMap<String, BTreeSet<ResourceKey>>, k: &str, key: &ResourceKey) {
+    if let Some(set) = map.get_mut(k) {
         set.remove(key);
         if set.is_empty() {
-            map.remove(&k);
+            map.remove(k);
         }
     }
 }
@@ -54,25 +94,24 @@ impl Desired {
         let key = resource.key();
         match resource {
             Resource::Application(a) => {
-                let app_key = (key.namespace.clone(), key.name.clone());
+                let (ns, name) = (key.namespace.as_str(), key.name.as_str());
                 if self
                     .apps
-                    .get(&app_key)
+                    .get(ns, name)
                     .is_some_and(|old| old.spec == a.spec && old.metadata == a.metadata)
                 {
                     return vec![];
                 }
                 // Its users before (old principals) and after (new ones) are affected.
-                let mut affected = self.users_of(&app_key);
-                self.unindex_subordinate(&app_key);
+                let mut affected = self.users_of(ns, name);
+                self.unindex_subordinate(ns, name);
                 for p in &a.spec.subordinate_to {
                     self.subordinates_of
-                        .entry((key.namespace.clone(), p.clone()))
-                        .or_default()
-                        .insert(key.name.clone());
+                        .get_or_default(ns, p)
+                        .insert(name.to_string());
                 }
-                self.apps.insert(app_key.clone(), Arc::new(a));
-                affected.extend(self.users_of(&app_key));
+                self.apps.insert(ns, name, Arc::new(a));
+                affected.extend(self.users_of(ns, name));
                 affected.sort();
                 affected.dedup();
                 affected
@@ -89,16 +128,20 @@ impl Desired {
                 // instance, one resource: a conflict starts or ends).
                 let mut affected = self.sharing_instance(&key);
                 self.unindex(&key);
-                let (apps, instance, extras) = index_entries(&key, &w);
-                for app in apps {
-                    self.by_app.entry(app).or_default().insert(key.clone());
+                for app in &w.spec.applications {
+                    self.by_app
+                        .get_or_default(&key.namespace, app)
+                        .insert(key.clone());
                 }
-                if let Some(i) = instance {
-                    self.by_instance.entry(i).or_default().insert(key.clone());
+                if let Some(i) = &w.spec.instance {
+                    self.by_instance
+                        .entry(i.clone())
+                        .or_default()
+                        .insert(key.clone());
                 }
-                for p in extras {
+                for p in &w.spec.extra_profiles {
                     self.by_extra_profile
-                        .entry(p)
+                        .entry(p.clone())
                         .or_default()
                         .insert(key.clone());
                 }
@@ -118,10 +161,10 @@ impl Desired {
     pub fn remove(&mut self, key: &ResourceKey) -> Vec<ResourceKey> {
         match key.kind {
             Kind::Application => {
-                let app_key = (key.namespace.clone(), key.name.clone());
-                let affected = self.users_of(&app_key);
-                self.unindex_subordinate(&app_key);
-                if self.apps.remove(&app_key).is_none() {
+                let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+                let affected = self.users_of(ns, name);
+                self.unindex_subordinate(ns, name);
+                if self.apps.remove(ns, name).is_none() {
                     return vec![];
                 }
                 affected
@@ -152,17 +195,21 @@ impl Desired {
     }
 
     fn unindex(&mut self, key: &ResourceKey) {
-        let Some(old) = self.workloads.get(key) else {
+        let Some(old) = self.workloads.get(key).cloned() else {
             return;
         };
-        let (apps, instance, extras) = index_entries(key, old);
-        for app in apps {
-            index_remove(&mut self.by_app, app, key);
+        for app in &old.spec.applications {
+            if let Some(set) = self.by_app.get_mut(&key.namespace, app) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_app.remove(&key.namespace, app);
+                }
+            }
         }
-        if let Some(i) = instance {
+        if let Some(i) = &old.spec.instance {
             index_remove(&mut self.by_instance, i, key);
         }
-        for p in extras {
+        for p in &old.spec.extra_profiles {
             index_remove(&mut self.by_extra_profile, p, key);
         }
         if let Some(n) = self.namespaces.get_mut(&key.namespace) {
@@ -196,7 +243,7 @@ impl Desired {
         // Work per namespace (model), not per resource.
         for ns in self.namespaces.keys() {
             if let Some((app, _)) = names.parse_charm_profile(profile, ns) {
-                out.extend(self.users_of(&(ns.clone(), app)));
+                out.extend(self.users_of(ns, &app));
             }
             if names.model_profile(ns) == profile {
                 let first = ResourceKey::new(Kind::Machine, ns.as_str(), "");
@@ -220,18 +267,18 @@ impl Desired {
         &self,
         names: &ProfileNames,
     ) -> std::collections::HashSet<String> {
-        let in_use = self.by_app.keys().flat_map(|(ns, app)| {
-            std::iter::once((ns.clone(), app.clone())).chain(
+        let in_use = self.by_app.iter().flat_map(|(ns, app, _)| {
+            std::iter::once((ns, app)).chain(
                 self.subordinates(ns, app)
                     .into_iter()
-                    .map(|s| (ns.clone(), s.metadata.name.clone())),
+                    .map(move |s| (ns, s.metadata.name.as_str())),
             )
         });
         in_use
             .filter_map(|(ns, app)| {
-                let a = self.apps.get(&(ns.clone(), app.clone()))?;
+                let a = self.apps.get(ns, app)?;
                 a.spec.lxd_profile.as_ref().filter(|p| !p.is_empty())?;
-                Some(names.charm_profile(&ns, &app, a.spec.revision))
+                Some(names.charm_profile(ns, app, a.spec.revision))
             })
             .chain(self.by_extra_profile.keys().cloned())
             .chain(self.namespaces.keys().map(|ns| names.model_profile(ns)))
@@ -240,11 +287,12 @@ impl Desired {
 
     /// The Machines and Containers that run `app`: those naming it, and, for a
     /// subordinate, those naming one of its principals.
-    fn users_of(&self, app: &AppKey) -> Vec<ResourceKey> {
-        let mut out: BTreeSet<ResourceKey> = self.by_app.get(app).cloned().unwrap_or_default();
-        if let Some(a) = self.apps.get(app) {
+    fn users_of(&self, namespace: &str, app: &str) -> Vec<ResourceKey> {
+        let mut out: BTreeSet<ResourceKey> =
+            self.by_app.get(namespace, app).cloned().unwrap_or_default();
+        if let Some(a) = self.apps.get(namespace, app) {
             for p in &a.spec.subordinate_to {
-                if let Some(users) = self.by_app.get(&(app.0.clone(), p.clone())) {
+                if let Some(users) = self.by_app.get(namespace, p) {
                     out.extend(users.iter().cloned());
                 }
             }
@@ -252,16 +300,15 @@ impl Desired {
         out.into_iter().collect()
     }
 
-    fn unindex_subordinate(&mut self, app: &AppKey) {
-        let Some(old) = self.apps.get(app) else {
+    fn unindex_subordinate(&mut self, namespace: &str, app: &str) {
+        let Some(old) = self.apps.get(namespace, app).cloned() else {
             return;
         };
-        for p in old.spec.subordinate_to.clone() {
-            let principal = (app.0.clone(), p);
-            if let Some(set) = self.subordinates_of.get_mut(&principal) {
-                set.remove(&app.1);
+        for p in &old.spec.subordinate_to {
+            if let Some(set) = self.subordinates_of.get_mut(namespace, p) {
+                set.remove(app);
                 if set.is_empty() {
-                    self.subordinates_of.remove(&principal);
+                    self.subordinates_of.remove(namespace, p);
                 }
             }
         }
@@ -270,18 +317,18 @@ impl Desired {
     /// The subordinate applications of `principal` in `namespace`.
     pub fn subordinates(&self, namespace: &str, principal: &str) -> Vec<&Arc<Application>> {
         self.subordinates_of
-            .get(&(namespace.to_string(), principal.to_string()))
+            .get(namespace, principal)
             .map(|names| {
                 names
                     .iter()
-                    .filter_map(|n| self.apps.get(&(namespace.to_string(), n.clone())))
+                    .filter_map(|n| self.apps.get(namespace, n))
                     .collect()
             })
             .unwrap_or_default()
     }
 
     pub fn application(&self, namespace: &str, name: &str) -> Option<&Arc<Application>> {
-        self.apps.get(&(namespace.to_string(), name.to_string()))
+        self.apps.get(namespace, name)
     }
 
     pub fn workload(&self, key: &ResourceKey) -> Option<&Arc<Workload>> {
@@ -293,7 +340,7 @@ impl Desired {
     }
 
     pub fn applications(&self) -> impl Iterator<Item = &Arc<Application>> {
-        self.apps.values()
+        self.apps.iter().map(|(_, _, a)| a)
     }
 
     /// Every resource key held, for a source to compute what went away.
@@ -301,8 +348,8 @@ impl Desired {
         let mut out: Vec<ResourceKey> = self.workloads.keys().cloned().collect();
         out.extend(
             self.apps
-                .keys()
-                .map(|(ns, n)| ResourceKey::new(Kind::Application, ns, n)),
+                .iter()
+                .map(|(ns, n, _)| ResourceKey::new(Kind::Application, ns, n)),
         );
         out
     }
