@@ -15,9 +15,39 @@ pub struct Instance {
     /// LXD's status text: `Running`, `Stopped`, ...
     #[serde(default)]
     pub status: String,
-    /// The instance's own config (where the controller records its claim).
-    #[serde(default)]
+    /// The controller's keys of the instance's own config (`user.lxd-mutater.*`, where
+    /// it records its claim). The rest is not kept: a fleet's listing of instances with
+    /// large configs would otherwise be held, then copied, in full.
+    #[serde(default, deserialize_with = "reserved_keys_only")]
     pub config: BTreeMap<String, String>,
+}
+
+/// The `user.lxd-mutater.*` entries of a config map; other values are skipped unread.
+fn reserved_keys_only<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Reserved;
+    impl<'de> serde::de::Visitor<'de> for Reserved {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k.starts_with(crate::resource::profile::RESERVED_PREFIX) {
+                    out.insert(k.into_owned(), m.next_value::<String>()?);
+                } else {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+    }
+    d.deserialize_any(Reserved)
 }
 
 /// The part of a profile the controller writes: what a charm's `lxd-profile.yaml` holds.
@@ -192,5 +222,17 @@ mod tests {
         assert_eq!(p.content.config["a"], "1");
         assert_eq!(p.content.devices["k"]["type"], "unix-char");
         assert!(p.used_by.is_empty());
+    }
+
+    #[test]
+    fn an_instance_keeps_only_the_controllers_config_keys() {
+        let json = r#"{"name":"i","profiles":["default"],"status":"Stopped","config":{"image.os":"busybox","user.lxd-mutater.owner":"blue","volatile.uuid":"x","user.other":{"nested":1}}}"#;
+        let i: Instance = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            i.config.into_iter().collect::<Vec<_>>(),
+            [("user.lxd-mutater.owner".to_string(), "blue".to_string())]
+        );
+        let none: Instance = serde_json::from_str(r#"{"name":"i","config":null}"#).unwrap();
+        assert!(none.config.is_empty());
     }
 }

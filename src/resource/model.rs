@@ -277,8 +277,9 @@ pub struct Object<S> {
     pub kind: String,
     pub metadata: Metadata,
     pub spec: S,
+    /// Boxed: the desired store holds every resource, and almost none carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
+    pub status: Option<Box<Status>>,
 }
 
 pub type Application = Object<ApplicationSpec>;
@@ -316,8 +317,8 @@ impl Resource {
 
     pub fn status(&self) -> Option<&Status> {
         match self {
-            Resource::Application(a) => a.status.as_ref(),
-            Resource::Machine(w) | Resource::Container(w) => w.status.as_ref(),
+            Resource::Application(a) => a.status.as_deref(),
+            Resource::Machine(w) | Resource::Container(w) => w.status.as_deref(),
         }
     }
 

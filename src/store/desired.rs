@@ -69,21 +69,80 @@ impl<V> ByApp<V> {
 pub struct Desired {
     apps: ByApp<Arc<Application>>,
     workloads: BTreeMap<ResourceKey, Arc<Workload>>,
-    by_app: ByApp<BTreeSet<ResourceKey>>,
-    by_instance: HashMap<String, BTreeSet<ResourceKey>>,
-    by_extra_profile: HashMap<String, BTreeSet<ResourceKey>>,
+    by_app: ByApp<Keys>,
+    by_instance: HashMap<String, Keys>,
+    by_extra_profile: HashMap<String, Keys>,
     /// Per principal application, the names of its subordinates (`subordinateTo`).
     subordinates_of: ByApp<BTreeSet<String>>,
     /// How many Machines and Containers each namespace (model) holds.
     namespaces: BTreeMap<String, usize>,
 }
 
-fn index_remove(map: &mut HashMap<String, BTreeSet<ResourceKey>>, k: &str, key: &ResourceKey) {
-    if let Some(set) = map.get_mut(k) {
-        set.remove(key);
-        if set.is_empty() {
-            map.remove(k);
+/// The Machines and Containers indexed under one name. Most names have one (an instance
+/// is named by one resource), held without a set: a one-key `BTreeSet` costs a whole
+/// tree node.
+#[derive(Debug)]
+enum Keys {
+    One(ResourceKey),
+    Many(BTreeSet<ResourceKey>),
+}
+
+impl Keys {
+    fn insert(&mut self, key: ResourceKey) {
+        match self {
+            Keys::One(k) if *k == key => {}
+            Keys::One(k) => {
+                let first = std::mem::replace(k, key.clone());
+                *self = Keys::Many(BTreeSet::from([first, key]));
+            }
+            Keys::Many(set) => {
+                set.insert(key);
+            }
         }
+    }
+
+    /// Removes `key`; whether none is left.
+    fn remove(&mut self, key: &ResourceKey) -> bool {
+        match self {
+            Keys::One(k) => k == key,
+            Keys::Many(set) => {
+                set.remove(key);
+                if set.len() == 1
+                    && let Some(last) = set.pop_first()
+                {
+                    *self = Keys::One(last);
+                }
+                set_is_empty(self)
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ResourceKey> {
+        let (one, many) = match self {
+            Keys::One(k) => (Some(k), None),
+            Keys::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+fn set_is_empty(keys: &Keys) -> bool {
+    matches!(keys, Keys::Many(set) if set.is_empty())
+}
+
+/// Indexes `key` under `name`.
+fn index_insert(map: &mut HashMap<String, Keys>, name: &str, key: &ResourceKey) {
+    match map.get_mut(name) {
+        Some(keys) => keys.insert(key.clone()),
+        None => {
+            map.insert(name.to_string(), Keys::One(key.clone()));
+        }
+    }
+}
+
+fn index_remove(map: &mut HashMap<String, Keys>, name: &str, key: &ResourceKey) {
+    if map.get_mut(name).is_some_and(|keys| keys.remove(key)) {
+        map.remove(name);
     }
 }
 
@@ -129,21 +188,18 @@ impl Desired {
                 let mut affected = self.sharing_instance(&key);
                 self.unindex(&key);
                 for app in &w.spec.applications {
-                    self.by_app
-                        .get_or_default(&key.namespace, app)
-                        .insert(key.clone());
+                    match self.by_app.get_mut(&key.namespace, app) {
+                        Some(keys) => keys.insert(key.clone()),
+                        None => self
+                            .by_app
+                            .insert(&key.namespace, app, Keys::One(key.clone())),
+                    }
                 }
                 if let Some(i) = &w.spec.instance {
-                    self.by_instance
-                        .entry(i.clone())
-                        .or_default()
-                        .insert(key.clone());
+                    index_insert(&mut self.by_instance, i, &key);
                 }
                 for p in &w.spec.extra_profiles {
-                    self.by_extra_profile
-                        .entry(p.clone())
-                        .or_default()
-                        .insert(key.clone());
+                    index_insert(&mut self.by_extra_profile, p, &key);
                 }
                 *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
                 self.workloads.insert(key.clone(), Arc::new(w));
@@ -199,11 +255,12 @@ impl Desired {
             return;
         };
         for app in &old.spec.applications {
-            if let Some(set) = self.by_app.get_mut(&key.namespace, app) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.by_app.remove(&key.namespace, app);
-                }
+            if self
+                .by_app
+                .get_mut(&key.namespace, app)
+                .is_some_and(|keys| keys.remove(key))
+            {
+                self.by_app.remove(&key.namespace, app);
             }
         }
         if let Some(i) = &old.spec.instance {
@@ -238,8 +295,10 @@ impl Desired {
         let mut out: BTreeSet<ResourceKey> = self
             .by_extra_profile
             .get(profile)
+            .into_iter()
+            .flat_map(Keys::iter)
             .cloned()
-            .unwrap_or_default();
+            .collect();
         // Work per namespace (model), not per resource.
         for ns in self.namespaces.keys() {
             if let Some((app, _)) = names.parse_charm_profile(profile, ns) {
@@ -288,8 +347,10 @@ impl Desired {
     /// The Machines and Containers that run `app`: those naming it, and, for a
     /// subordinate, those naming one of its principals.
     fn users_of(&self, namespace: &str, app: &str) -> Vec<ResourceKey> {
-        let mut out: BTreeSet<ResourceKey> =
-            self.by_app.get(namespace, app).cloned().unwrap_or_default();
+        let mut out: BTreeSet<ResourceKey> = (self.by_app.get(namespace, app).into_iter())
+            .flat_map(Keys::iter)
+            .cloned()
+            .collect();
         if let Some(a) = self.apps.get(namespace, app) {
             for p in &a.spec.subordinate_to {
                 if let Some(users) = self.by_app.get(namespace, p) {
