@@ -32,7 +32,10 @@ fn reserved_keys_only<'de, D: serde::Deserializer<'de>>(
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a map of strings")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
                 if k.starts_with(crate::resource::profile::RESERVED_PREFIX) {

@@ -373,7 +373,7 @@ mod tests {
         let mut names = Vec::new();
         while let Ok(event) = rx.try_recv() {
             if let SourceEvent::Remove(key) = event {
-                names.push(key.name);
+                names.push(key.name.to_string());
             }
         }
         names

@@ -215,7 +215,7 @@ impl StatusStore for StatusFiles {
 }
 
 fn path_of(dir: &Path, key: &ResourceKey) -> PathBuf {
-    dir.join(&key.namespace)
+    dir.join(&*key.namespace)
         .join(key.kind.plural())
         .join(format!("{}.yaml", key.name))
 }

@@ -75,7 +75,7 @@ pub struct Desired {
     /// Per principal application, the names of its subordinates (`subordinateTo`).
     subordinates_of: ByApp<BTreeSet<String>>,
     /// How many Machines and Containers each namespace (model) holds.
-    namespaces: BTreeMap<String, usize>,
+    namespaces: BTreeMap<Arc<str>, usize>,
 }
 
 /// The Machines and Containers indexed under one name. Most names have one (an instance
@@ -153,7 +153,7 @@ impl Desired {
         let key = resource.key();
         match resource {
             Resource::Application(a) => {
-                let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+                let (ns, name) = (&*key.namespace, &*key.name);
                 if self
                     .apps
                     .get(ns, name)
@@ -217,7 +217,7 @@ impl Desired {
     pub fn remove(&mut self, key: &ResourceKey) -> Vec<ResourceKey> {
         match key.kind {
             Kind::Application => {
-                let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+                let (ns, name) = (&*key.namespace, &*key.name);
                 let affected = self.users_of(ns, name);
                 self.unindex_subordinate(ns, name);
                 if self.apps.remove(ns, name).is_none() {
@@ -269,10 +269,10 @@ impl Desired {
         for p in &old.spec.extra_profiles {
             index_remove(&mut self.by_extra_profile, p, key);
         }
-        if let Some(n) = self.namespaces.get_mut(&key.namespace) {
+        if let Some(n) = self.namespaces.get_mut(&*key.namespace) {
             *n -= 1;
             if *n == 0 {
-                self.namespaces.remove(&key.namespace);
+                self.namespaces.remove(&*key.namespace);
             }
         }
     }
@@ -305,12 +305,12 @@ impl Desired {
                 out.extend(self.users_of(ns, &app));
             }
             if names.model_profile(ns) == profile {
-                let first = ResourceKey::new(Kind::Machine, ns.as_str(), "");
+                let first = ResourceKey::new(Kind::Machine, &**ns, "");
                 out.extend(
                     self.workloads
                         .range(first..)
                         .map(|(k, _)| k)
-                        .take_while(|k| k.kind == Kind::Machine && &k.namespace == ns)
+                        .take_while(|k| k.kind == Kind::Machine && k.namespace == *ns)
                         .cloned(),
                 );
             }
@@ -448,7 +448,7 @@ mod tests {
         let keys: Vec<String> = d
             .upsert(app("b", 1))
             .iter()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect();
         assert_eq!(keys, vec!["0", "1"]);
         assert!(d.upsert(app("b", 1)).is_empty(), "unchanged: nothing to do");
@@ -456,13 +456,13 @@ mod tests {
         let keys: Vec<String> = d
             .upsert(app("b", 2))
             .iter()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect();
         assert_eq!(keys, vec!["0"], "the index follows the machine's edit");
         let keys: Vec<String> = d
             .remove(&ResourceKey::new(Kind::Application, "default", "b"))
             .iter()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect();
         assert_eq!(keys, vec!["0"]);
     }
@@ -473,7 +473,11 @@ mod tests {
         d.upsert(machine("0", "a"));
         d.upsert(machine("1", "b"));
         let names = ProfileNames::default();
-        let of = |keys: Vec<ResourceKey>| keys.into_iter().map(|k| k.name).collect::<Vec<_>>();
+        let of = |keys: Vec<ResourceKey>| {
+            keys.into_iter()
+                .map(|k| k.name.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(of(d.keys_for_instance("i1")), vec!["1"]);
         assert_eq!(
             of(d.keys_for_profile("juju-default-b-7", &names)),
