@@ -228,7 +228,11 @@ pub fn plan<'a>(
     }
     // A profile that is not ours and differs is never attached: the instance keeps its
     // list until an operator mends or removes that profile.
-    if current != expected.list.as_slice() && foreign.is_empty() {
+    let in_order = current
+        .iter()
+        .map(|p| &**p)
+        .eq(expected.list.iter().map(String::as_str));
+    if !in_order && foreign.is_empty() {
         let key = ResourceKey::new(flavour, namespace, &workload.metadata.name);
         steps.push(Step::SetProfiles {
             profiles: expected.list.clone(),
@@ -240,7 +244,7 @@ pub fn plan<'a>(
     }
     Decision::Act(Plan {
         instance: instance.clone(),
-        current: current.to_vec(),
+        current: current.iter().map(|p| p.to_string()).collect(),
         expected: expected.list,
         steps,
         foreign,

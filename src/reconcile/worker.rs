@@ -400,7 +400,7 @@ impl<L: LxdApi> Worker<L> {
                     .store
                     .observed()
                     .instance_profiles(&p.instance)
-                    .map(<[String]>::to_vec);
+                    .map(|l| l.iter().map(|p| p.to_string()).collect());
                 let failed = Outcome::Failed {
                     cause: e.to_string(),
                     profiles: now,

@@ -1,6 +1,7 @@
 //! The observed LXD state: instance profile lists and profiles, as last listed or written.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 // tokio's clock, so that a paused test clock ages the expected echoes.
@@ -97,12 +98,12 @@ pub struct ObservedProfile {
     /// Made by this controller (its `--owner`).
     pub owned: bool,
     /// Instances that use the profile.
-    pub used_by: BTreeSet<String>,
+    pub used_by: BTreeSet<Arc<str>>,
 }
 
 impl ObservedProfile {
-    fn from_lxd(p: Profile, owner: &str) -> (String, ObservedProfile) {
-        let used_by = p.used_by_instances().map(str::to_string).collect();
+    fn from_lxd(p: Profile, owner: &str, names: &mut Names) -> (String, ObservedProfile) {
+        let used_by = p.used_by_instances().map(|i| names.get(i)).collect();
         let mut content = p.content;
         let stamp = Stamp::take(&mut content.config);
         (
@@ -128,19 +129,46 @@ pub enum Object {
 /// the request runs; an echo that never came must not swallow a later, real change.
 const ECHO_TTL: Duration = Duration::from_secs(5);
 
+/// Instance and profile names, one copy each: an instance's name is shared by its
+/// entry, its claim and the `used_by` of each of its profiles, and a profile's name by
+/// every instance list that holds it (a fleet has many instances and few profiles).
+#[derive(Clone, Debug, Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.insert(n.clone());
+        n
+    }
+
+    fn list(&mut self, names: &[String]) -> Box<[Arc<str>]> {
+        names.iter().map(|n| self.get(n)).collect()
+    }
+
+    /// Forgets the names nothing else holds now (each relisting).
+    fn prune(&mut self) {
+        self.0.retain(|n| Arc::strong_count(n) > 1);
+    }
+}
+
 /// What LXD holds, as far as the controller knows.
 #[derive(Clone, Debug)]
 pub struct Observed {
     /// This controller's `--owner`.
     owner: String,
-    instances: HashMap<String, Vec<String>>,
+    instances: HashMap<Arc<str>, Box<[Arc<str>]>>,
     /// The claims recorded on instances.
-    claims: HashMap<String, Claim>,
+    claims: HashMap<Arc<str>, Claim>,
     profiles: HashMap<String, ObservedProfile>,
     listed: bool,
     /// Events our own writes will cause: they need no read-back (the write already
     /// updated this cache).
     echoes: HashMap<Object, Vec<Instant>>,
+    names: Names,
 }
 
 impl Default for Observed {
@@ -159,6 +187,7 @@ impl Observed {
             profiles: HashMap::new(),
             listed: false,
             echoes: HashMap::new(),
+            names: Names::default(),
         }
     }
 
@@ -167,39 +196,38 @@ impl Observed {
         &self.owner
     }
 
-    /// Replaces everything with a full listing.
+    /// Replaces everything with a full listing. The old state goes first: a relisting
+    /// never holds two copies of a fleet.
     pub fn replace(&mut self, instances: Vec<Instance>, profiles: Vec<Profile>) {
-        self.claims = instances
-            .iter()
-            .filter_map(|i| Some((i.name.clone(), Claim::of(&i.config)?)))
-            .collect();
-        self.instances = instances
-            .into_iter()
-            .map(|i| (i.name, i.profiles))
-            .collect();
-        let owner = self.owner.clone();
-        self.profiles = profiles
-            .into_iter()
-            .map(|p| ObservedProfile::from_lxd(p, &owner))
-            .collect();
+        self.instances = HashMap::new();
+        self.claims = HashMap::new();
+        self.profiles = HashMap::new();
+        self.names.prune();
+        for i in instances {
+            let name = self.names.get(&i.name);
+            if let Some(c) = Claim::of(&i.config) {
+                self.claims.insert(name.clone(), c);
+            }
+            let list = self.names.list(&i.profiles);
+            self.instances.insert(name, list);
+        }
+        for p in profiles {
+            let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names);
+            self.profiles.insert(name, op);
+        }
         // The two listings are read at the same time, not atomically: an instance written
         // between them would count as a user of a profile it has just left (and that
         // profile would never be collected). The instances' own lists are the truth for
         // the instances this listing saw; `used_by` speaks only for the others (another
         // project's, when profiles are shared).
-        let mut users: HashMap<&str, BTreeSet<String>> = HashMap::new();
-        for (instance, list) in &self.instances {
-            for p in list {
-                users
-                    .entry(p.as_str())
-                    .or_default()
-                    .insert(instance.clone());
-            }
-        }
-        for (name, p) in self.profiles.iter_mut() {
+        for p in self.profiles.values_mut() {
             p.used_by.retain(|i| !self.instances.contains_key(i));
-            if let Some(u) = users.get(name.as_str()) {
-                p.used_by.extend(u.iter().cloned());
+        }
+        for (instance, list) in &self.instances {
+            for p in list.iter() {
+                if let Some(op) = self.profiles.get_mut(&**p) {
+                    op.used_by.insert(instance.clone());
+                }
             }
         }
         self.listed = true;
@@ -208,8 +236,11 @@ impl Observed {
     /// One instance read from LXD (an event's GET).
     pub fn put_instance(&mut self, i: &Instance) {
         match Claim::of(&i.config) {
-            Some(c) => self.claims.insert(i.name.clone(), c),
-            None => self.claims.remove(&i.name),
+            Some(c) => {
+                let name = self.names.get(&i.name);
+                self.claims.insert(name, c)
+            }
+            None => self.claims.remove(i.name.as_str()),
         };
         self.set_instance_profiles(&i.name, &i.profiles);
     }
@@ -221,7 +252,8 @@ impl Observed {
 
     /// Our PATCH recorded `claim` on the instance.
     pub fn set_claim(&mut self, instance: &str, claim: Claim) {
-        self.claims.insert(instance.to_string(), claim);
+        let name = self.names.get(instance);
+        self.claims.insert(name, claim);
     }
 
     /// A write that LXD will announce with one lifecycle event is about to be sent.
@@ -264,8 +296,8 @@ impl Observed {
         self.listed
     }
 
-    pub fn instance_profiles(&self, instance: &str) -> Option<&[String]> {
-        self.instances.get(instance).map(Vec::as_slice)
+    pub fn instance_profiles(&self, instance: &str) -> Option<&[Arc<str>]> {
+        self.instances.get(instance).map(|l| &**l)
     }
 
     pub fn profile(&self, name: &str) -> Option<&ObservedProfile> {
@@ -282,27 +314,28 @@ impl Observed {
 
     /// An instance's profile list was set (by us, or seen in an event or a GET).
     pub fn set_instance_profiles(&mut self, instance: &str, profiles: &[String]) {
+        let name = self.names.get(instance);
         if let Some(old) = self.instances.get(instance) {
-            for p in old {
-                if let Some(op) = self.profiles.get_mut(p) {
+            for p in old.iter() {
+                if let Some(op) = self.profiles.get_mut(&**p) {
                     op.used_by.remove(instance);
                 }
             }
         }
         for p in profiles {
             if let Some(op) = self.profiles.get_mut(p) {
-                op.used_by.insert(instance.to_string());
+                op.used_by.insert(name.clone());
             }
         }
-        self.instances
-            .insert(instance.to_string(), profiles.to_vec());
+        let list = self.names.list(profiles);
+        self.instances.insert(name, list);
     }
 
     pub fn remove_instance(&mut self, instance: &str) {
         self.claims.remove(instance);
         if let Some(old) = self.instances.remove(instance) {
-            for p in old {
-                if let Some(op) = self.profiles.get_mut(&p) {
+            for p in old.iter() {
+                if let Some(op) = self.profiles.get_mut(&**p) {
                     op.used_by.remove(instance);
                 }
             }
@@ -333,7 +366,7 @@ impl Observed {
 
     /// A profile read from LXD (an event or a GET).
     pub fn put_lxd_profile(&mut self, p: Profile) {
-        let (name, op) = ObservedProfile::from_lxd(p, &self.owner);
+        let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names);
         self.profiles.insert(name, op);
     }
 
