@@ -59,23 +59,42 @@ impl fmt::Display for Kind {
 }
 
 /// What identifies a resource: kind, namespace (the Juju model) and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 ///
-/// Its names are shared (`Arc<str>`): a key is copied into the store, each index, the
-/// work queue, the metrics and the status store, and a copy allocates nothing.
-pub struct ResourceKey {
+/// One allocation that every copy shares (a copy is a pointer, and allocates nothing):
+/// a key is copied into the store, each index, the work queue, the metrics and the
+/// status store. Its parts read as fields (`key.kind`, `key.namespace`, `key.name`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey(Arc<KeyParts>);
+
+/// The parts of a `ResourceKey`, in the order keys sort by.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyParts {
     pub kind: Kind,
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    pub namespace: Box<str>,
+    pub name: Box<str>,
 }
 
 impl ResourceKey {
     pub fn new(kind: Kind, namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
-        ResourceKey {
+        ResourceKey(Arc::new(KeyParts {
             kind,
-            namespace: Arc::from(namespace.as_ref()),
-            name: Arc::from(name.as_ref()),
-        }
+            namespace: namespace.as_ref().into(),
+            name: name.as_ref().into(),
+        }))
+    }
+}
+
+impl std::ops::Deref for ResourceKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 

@@ -75,7 +75,7 @@ pub struct Desired {
     /// Per principal application, the names of its subordinates (`subordinateTo`).
     subordinates_of: ByApp<BTreeSet<String>>,
     /// How many Machines and Containers each namespace (model) holds.
-    namespaces: BTreeMap<Arc<str>, usize>,
+    namespaces: BTreeMap<Box<str>, usize>,
 }
 
 /// The Machines and Containers indexed under one name. Most names have one (an instance
