@@ -279,8 +279,8 @@ fn metadata(namespace: &str, name: &str) -> Metadata {
 
 fn application(namespace: &str, name: &str, spec: ApplicationSpec) -> Application {
     Object {
-        api_version: API_VERSION.to_string(),
-        kind: Kind::Application.as_str().to_string(),
+        api_version: API_VERSION.into(),
+        kind: Kind::Application.as_str().into(),
         metadata: metadata(namespace, name),
         spec,
         status: None,
@@ -289,8 +289,8 @@ fn application(namespace: &str, name: &str, spec: ApplicationSpec) -> Applicatio
 
 fn workload(kind: Kind, namespace: &str, name: &str, spec: InstanceSpec) -> Workload {
     Object {
-        api_version: API_VERSION.to_string(),
-        kind: kind.as_str().to_string(),
+        api_version: API_VERSION.into(),
+        kind: kind.as_str().into(),
         metadata: metadata(namespace, name),
         spec,
         status: None,

@@ -3,6 +3,7 @@
 //! These types say what users write. They do no I/O and know nothing of files or
 //! positions: `parse` turns text into them, `validate` checks their values.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -296,13 +297,26 @@ pub struct Condition {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Object<S> {
-    pub api_version: String,
-    pub kind: String,
+    /// `API_VERSION` and the kind's name are held without a copy of their own (a store
+    /// holds every resource); any other value is kept as written, for `validate`.
+    #[serde(deserialize_with = "known_or_owned")]
+    pub api_version: Cow<'static, str>,
+    #[serde(deserialize_with = "known_or_owned")]
+    pub kind: Cow<'static, str>,
     pub metadata: Metadata,
     pub spec: S,
     /// Boxed: the desired store holds every resource, and almost none carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Box<Status>>,
+}
+
+/// A string, borrowed when it is `API_VERSION` or a kind's name.
+fn known_or_owned<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'static, str>, D::Error> {
+    let s = String::deserialize(d)?;
+    let known = std::iter::once(API_VERSION)
+        .chain(Kind::ALL.map(Kind::as_str))
+        .find(|k| *k == s);
+    Ok(known.map_or(Cow::Owned(s), Cow::Borrowed))
 }
 
 pub type Application = Object<ApplicationSpec>;
