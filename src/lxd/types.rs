@@ -16,19 +16,20 @@ pub struct Instance {
     #[serde(default)]
     pub status: String,
     /// The controller's keys of the instance's own config (`user.lxd-mutater.*`, where
-    /// it records its claim). The rest is not kept: a fleet's listing of instances with
-    /// large configs would otherwise be held, then copied, in full.
+    /// it records its claim), as pairs. The rest is not kept: a fleet's listing of
+    /// instances with large configs would otherwise be held, then copied, in full (and a
+    /// map of two keys costs a whole tree node).
     #[serde(default, deserialize_with = "reserved_keys_only")]
-    pub config: BTreeMap<String, String>,
+    pub config: Vec<(String, String)>,
 }
 
 /// The `user.lxd-mutater.*` entries of a config map; other values are skipped unread.
 fn reserved_keys_only<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
+) -> Result<Vec<(String, String)>, D::Error> {
     struct Reserved;
     impl<'de> serde::de::Visitor<'de> for Reserved {
-        type Value = BTreeMap<String, String>;
+        type Value = Vec<(String, String)>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a map of strings")
         }
@@ -36,10 +37,10 @@ fn reserved_keys_only<'de, D: serde::Deserializer<'de>>(
             self,
             mut m: A,
         ) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
+            let mut out = Vec::new();
             while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
                 if k.starts_with(crate::resource::profile::RESERVED_PREFIX) {
-                    out.insert(k.into_owned(), m.next_value::<String>()?);
+                    out.push((k.into_owned(), m.next_value::<String>()?));
                 } else {
                     m.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -47,7 +48,7 @@ fn reserved_keys_only<'de, D: serde::Deserializer<'de>>(
             Ok(out)
         }
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
+            Ok(Vec::new())
         }
     }
     d.deserialize_any(Reserved)
@@ -232,7 +233,7 @@ mod tests {
         let json = r#"{"name":"i","profiles":["default"],"status":"Stopped","config":{"image.os":"busybox","user.lxd-mutater.owner":"blue","volatile.uuid":"x","user.other":{"nested":1}}}"#;
         let i: Instance = serde_json::from_str(json).unwrap();
         assert_eq!(
-            i.config.into_iter().collect::<Vec<_>>(),
+            i.config,
             [("user.lxd-mutater.owner".to_string(), "blue".to_string())]
         );
         let none: Instance = serde_json::from_str(r#"{"name":"i","config":null}"#).unwrap();

@@ -138,7 +138,7 @@ impl StatusStore for StatusFiles {
     fn write(
         &self,
         key: &ResourceKey,
-        object: &serde_json::Value,
+        object: &dyn Fn() -> serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool> {
         if self.lock().last(key) == Some(status) {
@@ -148,7 +148,7 @@ impl StatusStore for StatusFiles {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let text = serde_saphyr::to_string(object).map_err(std::io::Error::other)?;
+        let text = serde_saphyr::to_string(&object()).map_err(std::io::Error::other)?;
         // A temporary name of its own per write: a staged file is never overwritten
         // while it may still be renamed.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -280,8 +280,8 @@ mod tests {
         assert_eq!(status.phase, Phase::Applied);
         let obj = serde_json::json!({"apiVersion": "lxdmutater.dev/v1alpha1", "kind": "Machine",
             "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": status});
-        assert!(files.write(&key, &obj, &status).unwrap());
-        assert!(!files.write(&key, &obj, &status).unwrap());
+        assert!(files.write(&key, &|| obj.clone(), &status).unwrap());
+        assert!(!files.write(&key, &|| obj.clone(), &status).unwrap());
         assert!(
             !d.path().join("m/machines/0.yaml").exists(),
             "visible only once synced"
@@ -309,8 +309,8 @@ mod tests {
             "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": s})
         };
         let (a, b) = (status("a"), status("b"));
-        assert!(files.write(&key, &obj(&a), &a).unwrap());
-        assert!(files.write(&key, &obj(&b), &b).unwrap());
+        assert!(files.write(&key, &|| obj(&a), &a).unwrap());
+        assert!(files.write(&key, &|| obj(&b), &b).unwrap());
         assert_eq!(
             files.get(&key),
             Some(b.clone()),

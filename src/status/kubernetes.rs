@@ -210,7 +210,7 @@ impl StatusStore for KubeStatus {
     fn write(
         &self,
         key: &ResourceKey,
-        _object: &serde_json::Value,
+        _object: &dyn Fn() -> serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool> {
         if self.get(key).as_ref() == Some(status) {

@@ -29,12 +29,13 @@ use crate::resource::{ResourceKey, Status};
 pub trait StatusStore: Send + Sync {
     /// The status stored for `key` (what `decide` starts from).
     fn get(&self, key: &ResourceKey) -> Option<Status>;
-    /// Stores `status` unless it equals the one stored. `object` is the whole resource
-    /// with that status, for stores that keep whole objects. Returns whether it stored.
+    /// Stores `status` unless it equals the one stored. `object` makes the whole
+    /// resource with that status, for stores that keep whole objects (called only for a
+    /// status that is stored). Returns whether it stored.
     fn write(
         &self,
         key: &ResourceKey,
-        object: &serde_json::Value,
+        object: &dyn Fn() -> serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool>;
     /// The resource is no longer managed.
@@ -68,7 +69,7 @@ impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
     fn write(
         &self,
         key: &ResourceKey,
-        object: &serde_json::Value,
+        object: &dyn Fn() -> serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool> {
         (**self).write(key, object, status)

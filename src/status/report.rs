@@ -358,7 +358,11 @@ impl Writer {
             if self.lock().statuses.get(&key).map(|p| p.0) != Some(seq) {
                 continue;
             }
-            let object = workload.map_or(serde_json::Value::Null, |w| object(&key, &w, &status));
+            let object = || {
+                workload
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |w| object(&key, w, &status))
+            };
             match self.store.write(&key, &object, &status) {
                 Ok(_) => {
                     let mut p = self.lock();

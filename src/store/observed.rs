@@ -73,10 +73,16 @@ pub struct Claim {
 }
 
 impl Claim {
-    fn of(config: &std::collections::BTreeMap<String, String>) -> Option<Claim> {
+    fn of(config: &[(String, String)]) -> Option<Claim> {
+        let get = |key: &str| {
+            config
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
         Some(Claim {
-            owner: config.get(OWNER_KEY)?.clone(),
-            resource: config.get(RESOURCE_KEY).cloned().unwrap_or_default(),
+            owner: get(OWNER_KEY)?,
+            resource: get(RESOURCE_KEY).unwrap_or_default(),
         })
     }
 
@@ -519,8 +525,8 @@ mod tests {
             status: String::new(),
             config: Default::default(),
         };
-        i.config.insert(OWNER_KEY.into(), "green".into());
-        i.config.insert(RESOURCE_KEY.into(), "Machine/m/0".into());
+        i.config.push((OWNER_KEY.into(), "green".into()));
+        i.config.push((RESOURCE_KEY.into(), "Machine/m/0".into()));
         o.replace(vec![i], vec![]);
         assert_eq!(
             o.claim("i"),

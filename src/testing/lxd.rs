@@ -589,7 +589,11 @@ fn instance_view(name: &str, inst: &MemInstance) -> Instance {
         name: name.to_string(),
         profiles: inst.profiles.clone(),
         status: "Running".into(),
-        config: inst.config.clone(),
+        // What the client keeps of a real listing: the controller's keys.
+        config: (inst.config.iter())
+            .filter(|(k, _)| k.starts_with(crate::resource::profile::RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

@@ -38,7 +38,7 @@ impl StatusStore for MemStatus {
     fn write(
         &self,
         key: &ResourceKey,
-        _object: &serde_json::Value,
+        _object: &dyn Fn() -> serde_json::Value,
         status: &Status,
     ) -> std::io::Result<bool> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
