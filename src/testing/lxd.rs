@@ -86,8 +86,31 @@ struct State {
 
 struct MemInstance {
     profiles: Vec<String>,
-    config: BTreeMap<String, String>,
+    config: Config,
     etag: String,
+}
+
+/// An instance's config, as pairs sorted by key: most hold none or the two claim keys,
+/// and a map of two keys costs a whole tree node (the full loop's 100,000 instances would
+/// weigh on the controller's measured memory).
+#[derive(Default)]
+struct Config(Vec<(String, String)>);
+
+impl Config {
+    fn set(&mut self, key: &str, value: &str) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+            Ok(i) => self.0[i].1 = value.to_string(),
+            Err(i) => self.0.insert(i, (key.to_string(), value.to_string())),
+        }
+    }
+
+    fn unset(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
 }
 
 struct MemProfile {
@@ -158,7 +181,7 @@ impl MemLxd {
                 name.to_string(),
                 MemInstance {
                     profiles: to_strings(profiles),
-                    config: BTreeMap::new(),
+                    config: Config::default(),
                     etag,
                 },
             );
@@ -179,7 +202,14 @@ impl MemLxd {
     }
 
     pub fn instance_config(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        self.with(|s| s.instances.get(name).map(|i| i.config.clone()))
+        self.with(|s| {
+            (s.instances.get(name)).map(|i| {
+                i.config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+        })
     }
 
     pub fn profile(&self, name: &str) -> Option<ProfileContent> {
@@ -237,8 +267,8 @@ impl MemLxd {
                 panic!("set_instance_config_by_hand: no instance {instance:?}");
             };
             match value {
-                Some(v) => inst.config.insert(key.to_string(), v.to_string()),
-                None => inst.config.remove(key),
+                Some(v) => inst.config.set(key, v),
+                None => inst.config.unset(key),
             };
             inst.etag = etag;
             s.emit(LifecycleAction::InstanceUpdated, instance);
@@ -678,8 +708,9 @@ impl LxdApi for MemLxd {
                 .ok_or_else(instance_not_found)?;
             inst.profiles = profiles.to_vec();
             // PATCH merges config, as LXD 5.0 does.
-            inst.config
-                .extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for (k, v) in config {
+                inst.config.set(k, v);
+            }
             inst.etag = etag;
             s.emit(LifecycleAction::InstanceUpdated, instance);
             Ok(())
