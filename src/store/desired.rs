@@ -70,8 +70,8 @@ pub struct Desired {
     apps: ByApp<Arc<Application>>,
     workloads: BTreeMap<ResourceKey, Arc<Workload>>,
     by_app: ByApp<Keys>,
-    by_instance: HashMap<String, Keys>,
-    by_extra_profile: HashMap<String, Keys>,
+    by_instance: HashMap<Box<str>, Keys>,
+    by_extra_profile: HashMap<Box<str>, Keys>,
     /// Per principal application, the names of its subordinates (`subordinateTo`).
     subordinates_of: ByApp<BTreeSet<String>>,
     /// How many Machines and Containers each namespace (model) holds.
@@ -80,11 +80,12 @@ pub struct Desired {
 
 /// The Machines and Containers indexed under one name. Most names have one (an instance
 /// is named by one resource), held without a set: a one-key `BTreeSet` costs a whole
-/// tree node.
+/// tree node (and the rare set is boxed: an entry is two words).
 #[derive(Debug)]
+#[allow(clippy::box_collection)] // boxed on purpose: the set is rare, the entries many
 enum Keys {
     One(ResourceKey),
-    Many(BTreeSet<ResourceKey>),
+    Many(Box<BTreeSet<ResourceKey>>),
 }
 
 impl Keys {
@@ -93,7 +94,7 @@ impl Keys {
             Keys::One(k) if *k == key => {}
             Keys::One(k) => {
                 let first = std::mem::replace(k, key.clone());
-                *self = Keys::Many(BTreeSet::from([first, key]));
+                *self = Keys::Many(Box::new(BTreeSet::from([first, key])));
             }
             Keys::Many(set) => {
                 set.insert(key);
@@ -112,7 +113,8 @@ impl Keys {
                 {
                     *self = Keys::One(last);
                 }
-                set_is_empty(self)
+                // A set never empties: at one key it is `One` again.
+                false
             }
         }
     }
@@ -126,21 +128,17 @@ impl Keys {
     }
 }
 
-fn set_is_empty(keys: &Keys) -> bool {
-    matches!(keys, Keys::Many(set) if set.is_empty())
-}
-
 /// Indexes `key` under `name`.
-fn index_insert(map: &mut HashMap<String, Keys>, name: &str, key: &ResourceKey) {
+fn index_insert(map: &mut HashMap<Box<str>, Keys>, name: &str, key: &ResourceKey) {
     match map.get_mut(name) {
         Some(keys) => keys.insert(key.clone()),
         None => {
-            map.insert(name.to_string(), Keys::One(key.clone()));
+            map.insert(name.into(), Keys::One(key.clone()));
         }
     }
 }
 
-fn index_remove(map: &mut HashMap<String, Keys>, name: &str, key: &ResourceKey) {
+fn index_remove(map: &mut HashMap<Box<str>, Keys>, name: &str, key: &ResourceKey) {
     if map.get_mut(name).is_some_and(|keys| keys.remove(key)) {
         map.remove(name);
     }
@@ -339,7 +337,7 @@ impl Desired {
                 a.spec.lxd_profile.as_ref().filter(|p| !p.is_empty())?;
                 Some(names.charm_profile(ns, app, a.spec.revision))
             })
-            .chain(self.by_extra_profile.keys().cloned())
+            .chain(self.by_extra_profile.keys().map(|p| p.to_string()))
             .chain(self.namespaces.keys().map(|ns| names.model_profile(ns)))
             .collect()
     }
