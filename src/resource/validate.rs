@@ -63,7 +63,7 @@ pub fn check(resource: &Resource) -> Vec<Violation> {
     if let Err(e) = check_resource_name("name", &meta.name) {
         out.push(Violation::invalid(&["metadata", "name"], e));
     } else if meta.name.len() > MAX_NAME_BYTES {
-        // Its status file `<name>.yaml.tmp` must fit a file name (255 bytes).
+        // Its status file's shadow `.<name>.yaml.tmp` must fit a file name (255 bytes).
         out.push(Violation::invalid(
             &["metadata", "name"],
             format!(
@@ -105,7 +105,7 @@ pub fn check(resource: &Resource) -> Vec<Violation> {
     out
 }
 
-/// The longest resource name: its status file, `<name>.yaml.tmp`, fits a file name.
+/// The longest resource name: its status file's shadow, `.<name>.yaml.tmp`, fits a file name.
 pub const MAX_NAME_BYTES: usize = 200;
 
 fn check_application(a: &Application, out: &mut Vec<Violation>) {

@@ -290,9 +290,14 @@ impl Writer {
         let mut p = self.lock();
         p.next += 1;
         let seq = p.next;
+        let idle = p.statuses.is_empty();
         p.statuses.insert(key.clone(), (seq, workload, status));
         drop(p);
-        self.changed.notify_all();
+        // Only an idle writer waits for a status; one gathering a batch waits out
+        // `GATHER` (a wake per status cost a context switch each).
+        if idle {
+            self.changed.notify_all();
+        }
     }
 
     fn remove(&self, key: &ResourceKey) {
