@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use super::endpoint::Endpoint;
 use super::error::LxdError;
 use super::tls;
+use super::unix_http::{self, Answer, Failure};
 use super::types::{
     Instance, Profile, ProfileContent, ProjectInfo, ServerInfo, WireProfile, WireServer,
     encode_component,
@@ -88,9 +89,7 @@ pub struct LxdClient {
 
 #[derive(Clone)]
 struct Inner {
-    http: reqwest::Client,
-    /// `http://lxd` for the socket, `https://host:port` otherwise.
-    base: String,
+    transport: Transport,
     project: String,
     endpoint: Endpoint,
     /// The pinned TLS config, kept for the events websocket.
@@ -109,6 +108,15 @@ impl std::fmt::Debug for LxdClient {
             .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// How a request reaches LXD.
+#[derive(Clone)]
+enum Transport {
+    /// The local daemon's socket: one hyper exchange per request (`unix_http`).
+    Unix(std::path::PathBuf),
+    /// A remote daemon, `https://host:port`, its certificate pinned.
+    Https { http: reqwest::Client, base: String },
 }
 
 /// LXD's response envelope, all three types.
@@ -166,22 +174,15 @@ impl LxdClient {
                 reason: "the LXD project name is empty".into(),
             });
         }
-        // No idle pool. LXD 5.0 stops accepting every new connection, from every client,
-        // while one open connection has not sent its first bytes (canonical/lxd#18705, seen
-        // here too: one silent socket stalls `curl` until it closes). hyper's pool races a
-        // fresh connection against a returning idle one and parks the loser idle and
-        // silent, so a pooled client stalls all of LXD under concurrency. A connection per
-        // request always speaks at once; a Unix connect costs microseconds next to LXD's
-        // milliseconds.
-        let builder = reqwest::Client::builder()
-            .user_agent(concat!("lxd-mutater/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(0);
-        let (builder, base, tls) = match endpoint {
-            Endpoint::Unix(path) => (
-                builder.unix_socket(path.as_path()),
-                "http://lxd".to_string(),
-                None,
-            ),
+        // A fresh connection per request, never an idle pool. LXD 5.0 stops accepting
+        // every new connection, from every client, while one open connection has not sent
+        // its first bytes (canonical/lxd#18705, seen here too: one silent socket stalls
+        // `curl` until it closes). hyper's pool races a fresh connection against a
+        // returning idle one and parks the loser idle and silent, so a pooled client
+        // stalls all of LXD under concurrency. A connection per request always speaks at
+        // once; a Unix connect costs microseconds next to LXD's milliseconds.
+        let (transport, tls) = match endpoint {
+            Endpoint::Unix(path) => (Transport::Unix(path.clone()), None),
             Endpoint::Https {
                 url,
                 client_cert,
@@ -189,20 +190,21 @@ impl LxdClient {
                 server_cert,
             } => {
                 let config = tls::client_config(client_cert, client_key, server_cert)?;
-                (
-                    builder.tls_backend_preconfigured((*config).clone()),
-                    url.trim_end_matches('/').to_string(),
-                    Some(config),
-                )
+                let http = reqwest::Client::builder()
+                    .user_agent(concat!("lxd-mutater/", env!("CARGO_PKG_VERSION")))
+                    .pool_max_idle_per_host(0)
+                    .tls_backend_preconfigured((*config).clone())
+                    .build()
+                    .map_err(|e| LxdError::Config {
+                        reason: format!("cannot build the HTTP client: {}", error_chain(&e)),
+                    })?;
+                let base = url.trim_end_matches('/').to_string();
+                (Transport::Https { http, base }, Some(config))
             }
         };
-        let http = builder.build().map_err(|e| LxdError::Config {
-            reason: format!("cannot build the HTTP client: {}", error_chain(&e)),
-        })?;
         Ok(LxdClient {
             inner: Arc::new(Inner {
-                http,
-                base,
+                transport,
                 project: project.to_string(),
                 endpoint: endpoint.clone(),
                 tls,
@@ -365,56 +367,66 @@ impl LxdClient {
             return Err(LxdError::Fenced);
         }
         let what = format!("{method} {path}");
-        let mut url = format!(
-            "{}{}?project={}",
-            self.inner.base,
-            path,
+        let mut path_and_query = format!(
+            "{path}?project={}",
             encode_component(&self.inner.project)
         );
         for (k, v) in query {
-            url.push('&');
-            url.push_str(k);
-            url.push('=');
-            url.push_str(&encode_component(v));
+            path_and_query.push('&');
+            path_and_query.push_str(k);
+            path_and_query.push('=');
+            path_and_query.push_str(&encode_component(v));
         }
-        let mut request = self
-            .inner
-            .http
-            .request(method.clone(), &url)
-            .timeout(timeout);
-        if let Some(etag) = if_match {
-            request = request.header(reqwest::header::IF_MATCH, etag);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
+        let body = match body.map(|b| serde_json::to_vec(&b)).transpose() {
+            Ok(body) => body,
+            Err(e) => {
+                return Err(LxdError::Protocol {
+                    what,
+                    reason: format!("cannot encode the request: {e}"),
+                });
+            }
+        };
         let started = Instant::now();
-        let observe = |code: Option<u16>| {
-            if let Some(observer) = &self.inner.observer {
-                observer.observe(method.as_str(), code, started.elapsed());
+        let answer = match &self.inner.transport {
+            Transport::Unix(socket) => {
+                unix_http::exchange(
+                    socket,
+                    method.clone(),
+                    &path_and_query,
+                    body,
+                    if_match,
+                    timeout,
+                )
+                .await
+            }
+            Transport::Https { http, base } => {
+                let url = format!("{base}{path_and_query}");
+                https_exchange(http, method.clone(), &url, body, if_match, timeout).await
             }
         };
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                observe(None);
-                return Err(self.transport_error(&what, timeout, &e));
-            }
-        };
-        let status = response.status().as_u16();
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                observe(Some(status));
-                return Err(self.transport_error(&what, timeout, &e));
-            }
-        };
-        observe(Some(status));
+        if let Some(observer) = &self.inner.observer {
+            let code = match &answer {
+                Ok(a) => Some(a.status),
+                Err(Failure::Cut { status, .. }) => Some(*status),
+                Err(_) => None,
+            };
+            observer.observe(method.as_str(), code, started.elapsed());
+        }
+        let Answer {
+            status,
+            etag,
+            body: bytes,
+        } = answer.map_err(|failure| match failure {
+            Failure::Timeout => LxdError::Timeout {
+                what: what.clone(),
+                after: timeout,
+            },
+            // Refused, missing socket, TLS handshake, reset mid-answer: no usable answer.
+            Failure::NoAnswer(reason) | Failure::Cut { reason, .. } => LxdError::Unreachable {
+                endpoint: self.inner.endpoint.display(),
+                reason,
+            },
+        })?;
         let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| {
             let snippet: String = String::from_utf8_lossy(&bytes).chars().take(120).collect();
             LxdError::Protocol {
@@ -426,31 +438,50 @@ impl LxdClient {
         })?;
         Ok((status, etag, envelope))
     }
+}
 
-    fn transport_error(&self, what: &str, timeout: Duration, e: &reqwest::Error) -> LxdError {
+/// One request through reqwest (the HTTPS endpoint), the whole answer read within
+/// `timeout`.
+async fn https_exchange(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+    if_match: Option<&str>,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let mut request = http.request(method, url).timeout(timeout);
+    if let Some(etag) = if_match {
+        request = request.header(reqwest::header::IF_MATCH, etag);
+    }
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+    }
+    let failure = |e: &reqwest::Error| {
         if e.is_timeout() {
-            return LxdError::Timeout {
-                what: what.to_string(),
-                after: timeout,
-            };
+            return Failure::Timeout;
         }
         // reqwest's own top line repeats the URL; the causes say what happened.
-        let reason =
+        Failure::NoAnswer(
             tls::certificate_failure(e).unwrap_or_else(|| match std::error::Error::source(e) {
                 Some(cause) => error_chain(cause),
                 None => e.to_string(),
-            });
-        if e.is_decode() {
-            return LxdError::Protocol {
-                what: what.to_string(),
-                reason,
-            };
-        }
-        // Refused, missing socket, TLS handshake, reset mid-answer: no usable answer came.
-        LxdError::Unreachable {
-            endpoint: self.inner.endpoint.display(),
-            reason,
-        }
+            }),
+        )
+    };
+    let response = request.send().await.map_err(|e| failure(&e))?;
+    let status = response.status().as_u16();
+    let etag = (response.headers().get(reqwest::header::ETAG))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match response.bytes().await {
+        Ok(body) => Ok(Answer { status, etag, body }),
+        Err(e) => Err(match failure(&e) {
+            Failure::NoAnswer(reason) => Failure::Cut { status, reason },
+            other => other,
+        }),
     }
 }
 

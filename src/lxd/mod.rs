@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod tls;
 mod types;
+mod unix_http;
 
 pub use client::{DEFAULT_TIMEOUT, LxdApi, LxdClient, RequestObserver};
 pub use endpoint::{DEBIAN_SOCKET, DEFAULT_HTTPS_PORT, Endpoint, SNAP_SOCKET};
