@@ -230,29 +230,26 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
         problem(line, column, message)
     };
 
-    // The shape of the document: where every key is.
-    let tree =
-        match serde_saphyr::from_str_with_options::<Option<Spanned<Node>>>(doc.text, options()) {
-            Ok(Some(t)) => t,
-            Ok(None) => return, // an empty document (comments only)
-            Err(e) => return out.errors.push(from_yaml(e, None)),
-        };
-    let root = tree.referenced;
-    let root_line = root.line();
-    let at = |path: &[String]| {
-        let l = tree.value.locate(path).unwrap_or(root);
-        (l.line(), l.column())
+    // What the document is, and where it starts. Where every key is (a parse of its own)
+    // is read only when a problem needs a position.
+    let header = match serde_saphyr::from_str_with_options::<Option<Spanned<Header>>>(
+        doc.text,
+        options(),
+    ) {
+        Ok(Some(h)) => h,
+        Ok(None) => return, // an empty document (comments only)
+        Err(e) => return out.errors.push(shape_problem(doc.text, e, &problem, &from_yaml)),
     };
-    if !matches!(tree.value, Node::Map(_)) {
-        let message = "expected a resource (a mapping with apiVersion, kind, metadata, spec)";
-        return out
-            .errors
-            .push(problem(root.line(), root.column(), message.into()));
-    }
-
-    let header: Header = match serde_saphyr::from_str_with_options(doc.text, options()) {
-        Ok(h) => h,
-        Err(e) => return out.errors.push(from_yaml(e, None)),
+    let root = header.referenced;
+    let root_line = root.line();
+    let header = header.value;
+    let tree = std::cell::OnceCell::new();
+    let at = |path: &[String]| {
+        let tree = tree.get_or_init(|| {
+            serde_saphyr::from_str_with_options::<Node>(doc.text, options()).unwrap_or(Node::Scalar)
+        });
+        let l = tree.locate(path).unwrap_or(root);
+        (l.line(), l.column())
     };
     match header.api_version.as_deref() {
         Some(API_VERSION) => {}
@@ -336,6 +333,25 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
             file: file.to_string(),
             line: root_line + doc.first_line,
         });
+    }
+}
+
+/// Why a document that is not even a resource's header fails: its YAML, else its shape
+/// (not a mapping), else the header's own error.
+fn shape_problem(
+    text: &str,
+    header_error: serde_saphyr::Error,
+    problem: &dyn Fn(u64, u64, String) -> Problem,
+    from_yaml: &dyn Fn(serde_saphyr::Error, Option<String>) -> Problem,
+) -> Problem {
+    match serde_saphyr::from_str_with_options::<Spanned<Node>>(text, options()) {
+        Err(e) => from_yaml(e, None),
+        Ok(tree) if !matches!(tree.value, Node::Map(_)) => problem(
+            tree.referenced.line(),
+            tree.referenced.column(),
+            "expected a resource (a mapping with apiVersion, kind, metadata, spec)".into(),
+        ),
+        Ok(_) => from_yaml(header_error, None),
     }
 }
 
