@@ -15,11 +15,11 @@ use serde_json::value::RawValue;
 use super::endpoint::Endpoint;
 use super::error::LxdError;
 use super::tls;
-use super::unix_http::{self, Answer, Failure};
 use super::types::{
     Instance, Profile, ProfileContent, ProjectInfo, ServerInfo, WireProfile, WireServer,
     encode_component,
 };
+use super::unix_http::{self, Answer, Failure};
 use crate::leader::WriteFence;
 
 /// The per-request timeout unless `with_timeout` says otherwise.
@@ -367,10 +367,8 @@ impl LxdClient {
             return Err(LxdError::Fenced);
         }
         let what = format!("{method} {path}");
-        let mut path_and_query = format!(
-            "{path}?project={}",
-            encode_component(&self.inner.project)
-        );
+        let mut path_and_query =
+            format!("{path}?project={}", encode_component(&self.inner.project));
         for (k, v) in query {
             path_and_query.push('&');
             path_and_query.push_str(k);
@@ -464,12 +462,12 @@ async fn https_exchange(
             return Failure::Timeout;
         }
         // reqwest's own top line repeats the URL; the causes say what happened.
-        Failure::NoAnswer(
-            tls::certificate_failure(e).unwrap_or_else(|| match std::error::Error::source(e) {
+        Failure::NoAnswer(tls::certificate_failure(e).unwrap_or_else(|| {
+            match std::error::Error::source(e) {
                 Some(cause) => error_chain(cause),
                 None => e.to_string(),
-            }),
-        )
+            }
+        }))
     };
     let response = request.send().await.map_err(|e| failure(&e))?;
     let status = response.status().as_u16();

@@ -63,7 +63,10 @@ async fn exchange_now(
         .method(method)
         .uri(path_and_query)
         .header(HOST, "lxd")
-        .header(USER_AGENT, concat!("lxd-mutater/", env!("CARGO_PKG_VERSION")));
+        .header(
+            USER_AGENT,
+            concat!("lxd-mutater/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(etag) = if_match {
         request = request.header(IF_MATCH, etag);
     }

@@ -232,14 +232,16 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut ParsedFile) {
 
     // What the document is, and where it starts. Where every key is (a parse of its own)
     // is read only when a problem needs a position.
-    let header = match serde_saphyr::from_str_with_options::<Option<Spanned<Header>>>(
-        doc.text,
-        options(),
-    ) {
-        Ok(Some(h)) => h,
-        Ok(None) => return, // an empty document (comments only)
-        Err(e) => return out.errors.push(shape_problem(doc.text, e, &problem, &from_yaml)),
-    };
+    let header =
+        match serde_saphyr::from_str_with_options::<Option<Spanned<Header>>>(doc.text, options()) {
+            Ok(Some(h)) => h,
+            Ok(None) => return, // an empty document (comments only)
+            Err(e) => {
+                return out
+                    .errors
+                    .push(shape_problem(doc.text, e, &problem, &from_yaml));
+            }
+        };
     let root = header.referenced;
     let root_line = root.line();
     let header = header.value;

@@ -12,7 +12,8 @@
 //! It prints progress on stderr and one line `FULL_LOOP_JSON {...}` on stdout
 //! (`bench/bench.py --full-loop` reads it). Settings, from the environment:
 //! `FULL_LOOP_N` Machines (100000), `FULL_LOOP_WORKERS` (4, the default of `--workers`),
-//! `FULL_LOOP_THREADS` runtime threads (the number of cores, as `run` builds it),
+//! `FULL_LOOP_THREADS` runtime threads (1: one thread, as `run` builds it; more: a
+//! multi-thread runtime),
 //! `FULL_LOOP_NAMESPACES` (5), `FULL_LOOP_APPS` Applications in all (N/100, between
 //! 10 per namespace and 1,000), `FULL_LOOP_LOG` the log level (`info`, the default of
 //! `--log-level`; lines are formatted as `run` formats them and thrown away).
@@ -627,8 +628,7 @@ async fn full_loop(n: usize, workers: usize, namespaces: usize, apps: usize) -> 
 fn full_loop_at_scale() {
     let n = setting("FULL_LOOP_N", 100_000);
     let workers = setting("FULL_LOOP_WORKERS", 4);
-    let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
-    let threads = setting("FULL_LOOP_THREADS", cores);
+    let threads = setting("FULL_LOOP_THREADS", 1);
     let namespaces = setting("FULL_LOOP_NAMESPACES", 5);
     let apps = setting("FULL_LOOP_APPS", (n / 100).clamp(10 * namespaces, 1000));
     let level = std::env::var("FULL_LOOP_LOG").unwrap_or_else(|_| "info".into());
@@ -639,11 +639,18 @@ fn full_loop_at_scale() {
         .with_ansi(false)
         .with_writer(std::io::sink)
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = if threads == 1 {
+        // As `run` builds it (`cmd::runtime`).
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("a runtime");
     // The driver runs on the runtime too, so that its threads are all the loop's.
     let result = rt
         .block_on(rt.spawn(full_loop(n, workers, namespaces, apps)))
