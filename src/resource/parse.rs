@@ -5,6 +5,7 @@
 //! profile rule, can point at its line), and once into its typed resource. Hostile input
 //! is bounded: file size, nesting depth, node count and alias expansion all have caps.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -55,7 +56,7 @@ pub struct Located {
 }
 
 /// What a file holds.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ParsedFile {
     /// The documents that parsed and are valid.
     pub resources: Vec<Located>,
@@ -69,6 +70,13 @@ pub struct ParsedFile {
 }
 
 impl ParsedFile {
+    fn append(&mut self, other: ParsedFile) {
+        self.resources.extend(other.resources);
+        self.errors.extend(other.errors);
+        self.rule_violations.extend(other.rule_violations);
+        self.warnings.extend(other.warnings);
+    }
+
     pub fn error(file: &str, message: String) -> ParsedFile {
         ParsedFile {
             errors: vec![Problem {
@@ -86,7 +94,7 @@ impl ParsedFile {
 pub fn parse_file(path: &Path) -> ParsedFile {
     let name = path.display().to_string();
     match read_capped(path) {
-        Ok(bytes) => parse_bytes(&name, bytes),
+        Ok(bytes) => parse_bytes(&name, bytes, None),
         Err(e) => ParsedFile::error(&name, e.to_string()),
     }
 }
@@ -113,25 +121,64 @@ pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
     Ok(bytes)
 }
 
-/// Parses the bytes of a file named `file` (text that is not UTF-8 is a problem).
-pub fn parse_bytes(file: &str, bytes: Vec<u8>) -> ParsedFile {
+/// Parses the bytes of a file named `file` (text that is not UTF-8 is a problem),
+/// reusing from `last` each document whose first line and text are unchanged since the
+/// file was last parsed (an edit of one document parses that one); `last` then holds
+/// this text's documents.
+pub fn parse_bytes_again(file: &str, bytes: Vec<u8>, last: &mut Documents) -> ParsedFile {
+    parse_bytes(file, bytes, Some(last))
+}
+
+fn parse_bytes(file: &str, bytes: Vec<u8>, last: Option<&mut Documents>) -> ParsedFile {
     match String::from_utf8(bytes) {
-        Ok(text) => parse_str(file, &text),
-        Err(e) => ParsedFile::error(file, format!("not UTF-8 text: {e}")),
+        Ok(text) => parse_text(file, &text, last),
+        Err(e) => {
+            if let Some(last) = last {
+                *last = Documents::default();
+            }
+            ParsedFile::error(file, format!("not UTF-8 text: {e}"))
+        }
     }
 }
 
 /// Parses the text of a file named `file`.
 pub fn parse_str(file: &str, text: &str) -> ParsedFile {
+    parse_text(file, text, None)
+}
+
+/// The documents of one file as last parsed, each by its first line and text, with what
+/// it parsed to.
+#[derive(Debug, Default)]
+pub struct Documents(HashMap<(u64, Box<str>), ParsedFile>);
+
+fn parse_text(file: &str, text: &str, mut last: Option<&mut Documents>) -> ParsedFile {
     let mut out = ParsedFile::default();
     if text.len() as u64 > MAX_FILE_BYTES {
+        if let Some(last) = last {
+            *last = Documents::default();
+        }
         return ParsedFile::error(
             file,
             format!("file is larger than {MAX_FILE_BYTES} bytes: not parsed"),
         );
     }
+    let mut now = HashMap::new();
     for doc in split_documents(text) {
-        parse_document(file, &doc, &mut out);
+        let Some(last) = last.as_deref_mut() else {
+            parse_document(file, &doc, &mut out);
+            continue;
+        };
+        let key = (doc.first_line, Box::<str>::from(doc.text));
+        let parsed = last.0.remove(&key).unwrap_or_else(|| {
+            let mut parsed = ParsedFile::default();
+            parse_document(file, &doc, &mut parsed);
+            parsed
+        });
+        out.append(parsed.clone());
+        now.insert(key, parsed);
+    }
+    if let Some(last) = last {
+        last.0 = now;
     }
     out
 }
@@ -579,6 +626,57 @@ mod tests {
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn parsing_again_reuses_unchanged_documents_and_equals_a_fresh_parse() {
+        let summary = |p: &ParsedFile| {
+            let resources: Vec<(String, String, u64)> = (p.resources.iter())
+                .map(|r| {
+                    let name = r.resource.metadata().name.clone();
+                    (name, format!("{:?}", r.resource), r.line)
+                })
+                .collect();
+            let problems = |v: &[Problem]| v.iter().map(Problem::to_string).collect::<Vec<_>>();
+            (
+                resources,
+                problems(&p.errors),
+                problems(&p.rule_violations),
+                problems(&p.warnings),
+            )
+        };
+        let two = APP.replace("one", "two");
+        let edits = [
+            format!("{APP}---
+{two}"),
+            // One document edited in place.
+            format!("{APP}---
+{}", two.replace("revision: 3", "revision: 4")),
+            // A line inserted above: every later document moves, its positions with it.
+            format!("# new
+{APP}---
+{}", two.replace("revision: 3", "revision: 4")),
+            // A broken document, then mended.
+            format!("# new
+{APP}---
+{}", two.replace("revision: 3", "revision: x")),
+            format!("# new
+{APP}---
+{two}---
+"),
+            String::new(),
+            format!("{APP}---
+{two}"),
+        ];
+        let mut last = Documents::default();
+        for text in &edits {
+            let again = parse_bytes_again("f.yaml", text.clone().into_bytes(), &mut last);
+            assert_eq!(summary(&again), summary(&parse_str("f.yaml", text)), "{text}");
+        }
+        assert_eq!(last.0.len(), 2, "only this text's documents are kept");
+        let not_utf8 = parse_bytes_again("f.yaml", vec![0xff], &mut last);
+        assert_eq!(not_utf8.errors.len(), 1);
+        assert!(last.0.is_empty());
     }
 
     #[test]

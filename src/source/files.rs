@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::resource::parse::{ReadError, parse_bytes, read_capped};
+use crate::resource::parse::{Documents, ReadError, parse_bytes_again, read_capped};
 use crate::resource::{Problem, Resource, ResourceKey};
 
 use super::SourceEvent;
@@ -24,6 +24,8 @@ struct FileState {
     resources: Vec<Resource>,
     /// The problems of the current text, if it does not parse.
     problems: Vec<Problem>,
+    /// Its documents as last parsed: an edit parses only the documents it changed.
+    documents: Documents,
 }
 
 /// Every file's last good resources, and what was last emitted.
@@ -124,7 +126,7 @@ impl FileSnapshot {
             state.bytes = Some(read.clone());
             let name = path.display().to_string();
             let parsed = match read {
-                Ok(bytes) => parse_bytes(&name, bytes),
+                Ok(bytes) => parse_bytes_again(&name, bytes, &mut state.documents),
                 Err(e) => crate::resource::ParsedFile::error(&name, e),
             };
             for w in &parsed.warnings {
