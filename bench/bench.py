@@ -430,12 +430,17 @@ def controller_upgrade(project, res_dir, res_file, n, rev, workers):
         cpu0 = ctl.cpu_seconds()
         t0 = time.monotonic()
         write_atomic(res_file, resources_yaml(n, rev + 1))
-        # Coarse polling (a scrape costs the controller ~0.3 ms of CPU) until the last
-        # ~5% of the PATCHes, then every 20 ms.
+        # Coarse polling (a scrape costs the controller ~0.3 ms of CPU) until a second's
+        # worth of PATCHes (at the rate so far) is left, then every 20 ms. A fixed margin
+        # was passed between two coarse polls once the upgrade got faster, and every time
+        # came out a multiple of the coarse step.
+        def near(m):
+            done = requests(m, "PATCH", "200") - requests(before, "PATCH", "200")
+            rate = done / max(time.monotonic() - t0, 0.001)
+            return done >= n - max(8, rate * 1.0)
         m = ctl.wait("upgrade", lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n
                      and requests(m, "DELETE", "200") - requests(before, "DELETE", "200") >= 1,
-                     every=0.02, far=0.5,
-                     near=lambda m: requests(m, "PATCH", "200") - requests(before, "PATCH", "200") >= n - max(8, n // 20))
+                     every=0.02, far=0.5, near=near)
         took = time.monotonic() - t0
         sent = requests(m) - requests(before)
         # The CPU counts until every status shows the new revision (the writer stores

@@ -647,31 +647,50 @@ mod tests {
         };
         let two = APP.replace("one", "two");
         let edits = [
-            format!("{APP}---
-{two}"),
+            format!(
+                "{APP}---
+{two}"
+            ),
             // One document edited in place.
-            format!("{APP}---
-{}", two.replace("revision: 3", "revision: 4")),
+            format!(
+                "{APP}---
+{}",
+                two.replace("revision: 3", "revision: 4")
+            ),
             // A line inserted above: every later document moves, its positions with it.
-            format!("# new
+            format!(
+                "# new
 {APP}---
-{}", two.replace("revision: 3", "revision: 4")),
+{}",
+                two.replace("revision: 3", "revision: 4")
+            ),
             // A broken document, then mended.
-            format!("# new
+            format!(
+                "# new
 {APP}---
-{}", two.replace("revision: 3", "revision: x")),
-            format!("# new
+{}",
+                two.replace("revision: 3", "revision: x")
+            ),
+            format!(
+                "# new
 {APP}---
 {two}---
-"),
+"
+            ),
             String::new(),
-            format!("{APP}---
-{two}"),
+            format!(
+                "{APP}---
+{two}"
+            ),
         ];
         let mut last = Documents::default();
         for text in &edits {
             let again = parse_bytes_again("f.yaml", text.clone().into_bytes(), &mut last);
-            assert_eq!(summary(&again), summary(&parse_str("f.yaml", text)), "{text}");
+            assert_eq!(
+                summary(&again),
+                summary(&parse_str("f.yaml", text)),
+                "{text}"
+            );
         }
         assert_eq!(last.0.len(), 2, "only this text's documents are kept");
         let not_utf8 = parse_bytes_again("f.yaml", vec![0xff], &mut last);

@@ -323,19 +323,29 @@ mod tests {
     use super::*;
     use crate::resource::Phase;
 
+    /// An Applied status listing `profile`.
+    fn status(profile: &str) -> Status {
+        let outcome = crate::status::Outcome::InSync {
+            profiles: vec![profile.to_string()],
+            foreign: vec![],
+        };
+        crate::status::decide(None, &outcome, 1, false, "2026-11-25T10:00:00Z").status
+    }
+
+    /// Machine m/0 with `status`.
+    fn obj(status: &Status) -> serde_json::Value {
+        serde_json::json!({"kind": "Machine",
+            "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": status})
+    }
+
     #[test]
     fn an_unchanged_status_is_not_written_again_and_survives_a_reopen() {
         let d = tempfile::tempdir().unwrap();
         let files = StatusFiles::open(d.path()).unwrap();
         let key = ResourceKey::new(Kind::Machine, "m", "0");
-        let outcome = crate::status::Outcome::InSync {
-            profiles: vec!["default".into()],
-            foreign: vec![],
-        };
-        let status = crate::status::decide(None, &outcome, 1, false, "2026-11-25T10:00:00Z").status;
+        let status = status("default");
         assert_eq!(status.phase, Phase::Applied);
-        let obj = serde_json::json!({"apiVersion": "lxdmutater.dev/v1alpha1", "kind": "Machine",
-            "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": status});
+        let obj = obj(&status);
         assert!(files.write(&key, &|| obj.clone(), &status).unwrap());
         assert!(!files.write(&key, &|| obj.clone(), &status).unwrap());
         assert!(
@@ -353,17 +363,6 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let files = StatusFiles::open(d.path()).unwrap();
         let key = ResourceKey::new(Kind::Machine, "m", "0");
-        let status = |p: &str| {
-            let outcome = crate::status::Outcome::InSync {
-                profiles: vec![p.to_string()],
-                foreign: vec![],
-            };
-            crate::status::decide(None, &outcome, 1, false, "2026-11-25T10:00:00Z").status
-        };
-        let obj = |s: &Status| {
-            serde_json::json!({"kind": "Machine",
-            "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": s})
-        };
         let (a, b) = (status("a"), status("b"));
         assert!(files.write(&key, &|| obj(&a), &a).unwrap());
         assert!(files.write(&key, &|| obj(&b), &b).unwrap());
@@ -393,17 +392,6 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let files = StatusFiles::open(d.path()).unwrap();
         let key = ResourceKey::new(Kind::Machine, "m", "0");
-        let status = |p: &str| {
-            let outcome = crate::status::Outcome::InSync {
-                profiles: vec![p.to_string()],
-                foreign: vec![],
-            };
-            crate::status::decide(None, &outcome, 1, false, "2026-11-25T10:00:00Z").status
-        };
-        let obj = |s: &Status| {
-            serde_json::json!({"kind": "Machine",
-            "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": s})
-        };
         let dir = d.path().join("m/machines");
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         // A longer status first, so the rewrite in place must also cut the old tail.
