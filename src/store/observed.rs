@@ -108,8 +108,18 @@ pub struct ObservedProfile {
 }
 
 impl ObservedProfile {
-    fn from_lxd(p: Profile, owner: &str, names: &mut Names) -> (String, ObservedProfile) {
-        let used_by = p.used_by_instances().map(|i| names.get(i)).collect();
+    /// `p` as observed; of its users, those `known` says the caller has its own word on
+    /// are left out.
+    fn from_lxd(
+        p: Profile,
+        owner: &str,
+        names: &mut Names,
+        known: impl Fn(&str) -> bool,
+    ) -> (String, ObservedProfile) {
+        let used_by = (p.used_by_instances())
+            .filter(|i| !known(i))
+            .map(|i| names.get(i))
+            .collect();
         let mut content = p.content;
         let stamp = Stamp::take(&mut content.config);
         (
@@ -217,17 +227,17 @@ impl Observed {
             let list = self.names.list(&i.profiles);
             self.instances.insert(name, list);
         }
-        for p in profiles {
-            let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names);
-            self.profiles.insert(name, op);
-        }
         // The two listings are read at the same time, not atomically: an instance written
         // between them would count as a user of a profile it has just left (and that
         // profile would never be collected). The instances' own lists are the truth for
         // the instances this listing saw; `used_by` speaks only for the others (another
-        // project's, when profiles are shared).
-        for p in self.profiles.values_mut() {
-            p.used_by.retain(|i| !self.instances.contains_key(i));
+        // project's, when profiles are shared), and only those are taken from it.
+        let listed = &self.instances;
+        for p in profiles {
+            let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names, |i| {
+                listed.contains_key(i)
+            });
+            self.profiles.insert(name, op);
         }
         for (instance, list) in &self.instances {
             for p in list.iter() {
@@ -372,7 +382,7 @@ impl Observed {
 
     /// A profile read from LXD (an event or a GET).
     pub fn put_lxd_profile(&mut self, p: Profile) {
-        let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names);
+        let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names, |_| false);
         self.profiles.insert(name, op);
     }
 
