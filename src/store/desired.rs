@@ -128,6 +128,25 @@ impl Keys {
     }
 }
 
+impl ByApp<Keys> {
+    /// Indexes `key` under the application `app` of `namespace`.
+    fn add_key(&mut self, namespace: &str, app: &str, key: &ResourceKey) {
+        match self.get_mut(namespace, app) {
+            Some(keys) => keys.insert(key.clone()),
+            None => self.insert(namespace, app, Keys::One(key.clone())),
+        }
+    }
+
+    fn remove_key(&mut self, namespace: &str, app: &str, key: &ResourceKey) {
+        if self
+            .get_mut(namespace, app)
+            .is_some_and(|keys| keys.remove(key))
+        {
+            self.remove(namespace, app);
+        }
+    }
+}
+
 /// Indexes `key` under `name`.
 fn index_insert(map: &mut HashMap<Box<str>, Keys>, name: &str, key: &ResourceKey) {
     match map.get_mut(name) {
@@ -186,12 +205,7 @@ impl Desired {
                 let mut affected = self.sharing_instance(&key);
                 self.unindex(&key);
                 for app in &w.spec.applications {
-                    match self.by_app.get_mut(&key.namespace, app) {
-                        Some(keys) => keys.insert(key.clone()),
-                        None => self
-                            .by_app
-                            .insert(&key.namespace, app, Keys::One(key.clone())),
-                    }
+                    self.by_app.add_key(&key.namespace, app, &key);
                 }
                 if let Some(i) = &w.spec.instance {
                     index_insert(&mut self.by_instance, i, &key);
@@ -253,13 +267,7 @@ impl Desired {
             return;
         };
         for app in &old.spec.applications {
-            if self
-                .by_app
-                .get_mut(&key.namespace, app)
-                .is_some_and(|keys| keys.remove(key))
-            {
-                self.by_app.remove(&key.namespace, app);
-            }
+            self.by_app.remove_key(&key.namespace, app, key);
         }
         if let Some(i) = &old.spec.instance {
             index_remove(&mut self.by_instance, i, key);
