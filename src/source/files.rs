@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -14,7 +16,7 @@ use crate::resource::parse::{Documents, ReadError, parse_bytes_again, read_cappe
 use crate::resource::{Problem, Resource, ResourceKey};
 
 use super::SourceEvent;
-use super::scan::resource_files;
+use super::scan::{is_resource_file, resource_files};
 
 #[derive(Debug, Default)]
 struct FileState {
@@ -215,34 +217,77 @@ pub(crate) fn is_change(kind: &notify::EventKind) -> bool {
     )
 }
 
-/// How long the watch waits after a change before it ticks: an editor's save is several
-/// events (a temporary file, a rename), read as one.
+/// Whether a watch event says a writer is done with a resource file: closed after
+/// writing, renamed into place (or away), removed. An editor's save, `mv` of a finished
+/// file and `rm` all end with one of these; a write still under way does not.
+pub(crate) fn is_finished(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+    ) && event.paths.iter().any(|p| is_resource_file(p))
+}
+
+/// How long the watch waits after a change that is not finished (a write under way, a
+/// temporary file) for one that is, before it ticks anyway.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Watches `root` and sends a tick on every change (debounced) and every `rescan`.
+/// Watches `root` and sends a tick on every change and every `rescan`. A change to a
+/// resource file that its writer is done with (`is_finished`) ticks at once; any other
+/// waits up to `settle` for one, so that an editor's save (a temporary file, a rename)
+/// is read once and whole. Changes that arrive meanwhile coalesce into that tick.
 /// The returned watcher must be kept alive.
 ///
-/// The debounce is a tokio timer started by the first change, not a debouncer thread:
+/// The wait is a tokio timer started by the first change, not a debouncer thread:
 /// a controller with nothing to do wakes for nothing (notify-debouncer-full's thread
 /// woke 40 times a second, a third of the CPU of an idle controller).
 pub fn watch(
     root: &Path,
     rescan: Duration,
 ) -> Result<(mpsc::Receiver<()>, impl Drop), notify::Error> {
+    watch_settling(root, rescan, SETTLE)
+}
+
+fn watch_settling(
+    root: &Path,
+    rescan: Duration,
+    settle: Duration,
+) -> Result<(mpsc::Receiver<()>, impl Drop), notify::Error> {
     let (tx, rx) = mpsc::channel(1);
     let (changed, mut changes) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // A full channel already holds a change: they coalesce. An error ticks: a rescan
-        // finds out.
-        if event.as_ref().map_or(true, |e| is_change(&e.kind)) {
-            let _ = changed.try_send(());
+    let finished = Arc::new(AtomicBool::new(false));
+    let mut watcher = notify::recommended_watcher({
+        let finished = finished.clone();
+        move |event: notify::Result<notify::Event>| {
+            // A full channel already holds a change: they coalesce. An error ticks at
+            // once: a rescan finds out.
+            let (change, done) = match &event {
+                Ok(e) => (is_change(&e.kind), is_finished(e)),
+                Err(_) => (true, true),
+            };
+            if done {
+                finished.store(true, Ordering::SeqCst);
+            }
+            if change {
+                let _ = changed.try_send(());
+            }
         }
     })?;
     notify::Watcher::watch(&mut watcher, root, notify::RecursiveMode::Recursive)?;
     let ticker = tx.clone();
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
-            tokio::time::sleep(SETTLE).await;
+            let deadline = tokio::time::Instant::now() + settle;
+            while !finished.swap(false, Ordering::SeqCst) {
+                match tokio::time::timeout_at(deadline, changes.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
             while changes.try_recv().is_ok() {}
             if tx.try_send(()).is_err() && tx.is_closed() {
                 break;
@@ -290,6 +335,54 @@ mod tests {
         }
     }
     use crate::testing::{app, machine};
+
+    /// A tick within `deadline`, rescans aside (they come every hour here).
+    async fn ticked(ticks: &mut mpsc::Receiver<()>) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), ticks.recv())
+            .await
+            .is_ok_and(|t| t.is_some())
+    }
+
+    #[tokio::test]
+    async fn a_finished_write_ticks_without_waiting_out_the_settle_time() {
+        let d = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let (mut ticks, _w) = watch_settling(d.path(), hour, hour).unwrap();
+        // Written aside and renamed into place, as `write_atomic` and editors do: the
+        // temporary file alone would wait an hour, the rename ends the wait.
+        std::fs::write(d.path().join(".tmp"), app("one", 3)).unwrap();
+        std::fs::rename(d.path().join(".tmp"), d.path().join("apps.yaml")).unwrap();
+        assert!(
+            ticked(&mut ticks).await,
+            "no tick after a rename into place"
+        );
+        // Written in place: the close after writing ends the wait.
+        std::fs::write(d.path().join("apps.yaml"), app("one", 4)).unwrap();
+        assert!(ticked(&mut ticks).await, "no tick after a write in place");
+        std::fs::remove_file(d.path().join("apps.yaml")).unwrap();
+        assert!(ticked(&mut ticks).await, "no tick after a removal");
+    }
+
+    #[test]
+    fn only_a_resource_file_its_writer_is_done_with_is_finished() {
+        use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
+        use notify::{Event, EventKind};
+        let at = |kind, path: &str| Event::new(kind).add_path(PathBuf::from(path));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let written = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(is_finished(&at(closed, "/r/m.yaml")));
+        assert!(is_finished(&at(renamed, "/r/m.yml")));
+        assert!(!is_finished(&at(written, "/r/m.yaml")), "still writing");
+        assert!(
+            !is_finished(&at(closed, "/r/.tmp-resources")),
+            "not a resource file"
+        );
+        assert!(
+            !is_finished(&at(closed, "/r/m.yaml.swp")),
+            "an editor's file"
+        );
+    }
 
     fn names(events: &[SourceEvent]) -> Vec<String> {
         events
