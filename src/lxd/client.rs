@@ -28,10 +28,34 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The seam the reconciler is written against: the real client implements it, a fake
 /// does in unit tests.
 pub trait LxdApi: Send + Sync + 'static {
-    /// `GET /1.0/instances?recursion=1`.
-    fn list_instances(&self) -> impl Future<Output = Result<Vec<Instance>, LxdError>> + Send;
-    /// `GET /1.0/profiles?recursion=1`.
-    fn list_profiles(&self) -> impl Future<Output = Result<Vec<Profile>, LxdError>> + Send;
+    /// `GET /1.0/instances?recursion=1`, handed to `each` one instance at a time as it is
+    /// read: a fleet's listing is never held whole beside what the caller keeps of it.
+    fn each_instance<F: FnMut(Instance) + Send>(
+        &self,
+        each: F,
+    ) -> impl Future<Output = Result<(), LxdError>> + Send;
+    /// `GET /1.0/profiles?recursion=1`, one profile at a time (the `used_by` of a
+    /// fleet's profiles is the size of the fleet).
+    fn each_profile<F: FnMut(Profile) + Send>(
+        &self,
+        each: F,
+    ) -> impl Future<Output = Result<(), LxdError>> + Send;
+    /// `GET /1.0/instances?recursion=1`, whole.
+    fn list_instances(&self) -> impl Future<Output = Result<Vec<Instance>, LxdError>> + Send {
+        async move {
+            let mut all = Vec::new();
+            self.each_instance(|i| all.push(i)).await?;
+            Ok(all)
+        }
+    }
+    /// `GET /1.0/profiles?recursion=1`, whole.
+    fn list_profiles(&self) -> impl Future<Output = Result<Vec<Profile>, LxdError>> + Send {
+        async move {
+            let mut all = Vec::new();
+            self.each_profile(|p| all.push(p)).await?;
+            Ok(all)
+        }
+    }
     /// `PATCH /1.0/instances/<n>` with `{"profiles": [...]}` and, when `config` is not
     /// empty, `"config": {...}`, which LXD merges into the instance's config (the
     /// controller's claim): no other field of the instance can be clobbered. `if_match`
@@ -507,6 +531,39 @@ fn decode<T: DeserializeOwned>(what: &str, metadata: Metadata) -> Result<T, LxdE
     })
 }
 
+/// A JSON array's elements, each handed to `each` as soon as it is decoded (no `Vec` of
+/// them all). `null` is an empty array, as `decode` reads it.
+fn decode_each<T: DeserializeOwned>(
+    what: &str,
+    metadata: Metadata,
+    each: impl FnMut(T),
+) -> Result<(), LxdError> {
+    struct Each<T, F>(F, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, F: FnMut(T)> serde::de::Visitor<'de> for Each<T, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element()? {
+                (self.0)(item);
+            }
+            Ok(())
+        }
+    }
+    let text = metadata.as_deref().map_or("null", RawValue::get);
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_any(&mut de, Each(each, std::marker::PhantomData))
+        .and_then(|()| de.end())
+        .map_err(|e| LxdError::Protocol {
+            what: what.to_string(),
+            reason: format!("unexpected metadata: {e}"),
+        })
+}
+
 fn to_body<T: Serialize>(value: &T) -> Result<Value, LxdError> {
     serde_json::to_value(value).map_err(|e| LxdError::Protocol {
         what: "request body".into(),
@@ -538,21 +595,20 @@ impl LxdApi for LxdClient {
         Ok((wire.into(), etag))
     }
 
-    async fn list_instances(&self) -> Result<Vec<Instance>, LxdError> {
+    async fn each_instance<F: FnMut(Instance) + Send>(&self, each: F) -> Result<(), LxdError> {
         let path = "/1.0/instances";
         let (_, metadata) = self
             .call(Method::GET, path, &[("recursion", "1")], None, None)
             .await?;
-        decode(path, metadata)
+        decode_each(path, metadata, each)
     }
 
-    async fn list_profiles(&self) -> Result<Vec<Profile>, LxdError> {
+    async fn each_profile<F: FnMut(Profile) + Send>(&self, mut each: F) -> Result<(), LxdError> {
         let path = "/1.0/profiles";
         let (_, metadata) = self
             .call(Method::GET, path, &[("recursion", "1")], None, None)
             .await?;
-        let wire: Vec<WireProfile> = decode(path, metadata)?;
-        Ok(wire.into_iter().map(Profile::from).collect())
+        decode_each(path, metadata, |w: WireProfile| each(Profile::from(w)))
     }
 
     async fn set_instance_profiles(
@@ -594,5 +650,28 @@ impl LxdApi for LxdClient {
         self.call(Method::DELETE, &path, &[], None, None)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    fn metadata(text: &str) -> Metadata {
+        Some(RawValue::from_string(text.to_string()).expect("JSON"))
+    }
+
+    #[test]
+    fn a_listing_is_handed_over_element_by_element_and_null_is_empty() {
+        let mut got: Vec<String> = Vec::new();
+        decode_each("/x", metadata(r#"["a","b"]"#), |s: String| got.push(s)).expect("an array");
+        assert_eq!(got, ["a", "b"]);
+        decode_each("/x", None, |s: String| got.push(s)).expect("nothing");
+        decode_each("/x", metadata("null"), |s: String| got.push(s)).expect("null");
+        assert_eq!(got.len(), 2);
+        let e = decode_each("/x", metadata(r#"{"a":1}"#), |_: String| {}).unwrap_err();
+        assert!(matches!(e, LxdError::Protocol { .. }), "{e:?}");
+        let e = decode_each("/x", metadata(r#"["a",1]"#), |_: String| {}).unwrap_err();
+        assert!(matches!(e, LxdError::Protocol { .. }), "{e:?}");
     }
 }

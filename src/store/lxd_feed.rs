@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::lxd::{LifecycleAction, LifecycleEvent, LxdApi, LxdError};
 use crate::resource::{ProfileNames, ResourceKey};
 
-use super::{Object, Store};
+use super::{Object, Relisting, Store};
 
 /// What an event or a listing asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -49,11 +49,22 @@ impl<L: LxdApi> LxdFeed<L> {
         LxdFeed { lxd, store, names }
     }
 
-    /// Lists LXD (two requests whatever the fleet's size) and replaces the cache.
+    /// Lists LXD (two requests whatever the fleet's size) into the cache, one object at a
+    /// time as each is read (`Observed::list_instance`): at no time is a fleet's listing
+    /// held whole beside the cache. The instances first, then the profiles, whose users
+    /// are judged against the instances just listed. A listing that fails leaves what it
+    /// merged so far (each object as LXD showed it) and removes nothing.
     pub async fn relist(&self) -> Result<(), LxdError> {
-        let (instances, profiles) =
-            tokio::try_join!(self.lxd.list_instances(), self.lxd.list_profiles())?;
-        self.store.observed_mut().replace(instances, profiles);
+        let store = &self.store;
+        let mut relisting = Relisting::default();
+        self.lxd
+            .each_instance(|i| store.observed_mut().list_instance(i, &mut relisting))
+            .await?;
+        store.observed_mut().instances_listed(&mut relisting);
+        self.lxd
+            .each_profile(|p| store.observed_mut().list_profile(p, &mut relisting))
+            .await?;
+        store.observed_mut().profiles_listed(relisting);
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use desired::Desired;
 pub use lxd_feed::LxdFeed;
-pub use observed::{OWNER_KEY, OWNER_VALUE, Object, Observed, ObservedProfile};
+pub use observed::{OWNER_KEY, OWNER_VALUE, Object, Observed, ObservedProfile, Relisting};
 
 use crate::resource::{Application, Resource, ResourceKey, Workload};
 

@@ -171,6 +171,14 @@ impl Names {
     }
 }
 
+/// What a full listing has brought so far (`Observed::list_instance`).
+#[derive(Debug, Default)]
+pub struct Relisting {
+    instances: HashSet<Arc<str>>,
+    instances_done: bool,
+    profiles: HashSet<String>,
+}
+
 /// What LXD holds, as far as the controller knows.
 #[derive(Clone, Debug)]
 pub struct Observed {
@@ -212,40 +220,102 @@ impl Observed {
         &self.owner
     }
 
-    /// Replaces everything with a full listing. The old state goes first: a relisting
-    /// never holds two copies of a fleet.
+    /// Replaces everything with a full listing (`relisting` streams one in).
     pub fn replace(&mut self, instances: Vec<Instance>, profiles: Vec<Profile>) {
-        self.instances = HashMap::new();
-        self.claims = HashMap::new();
-        self.profiles = HashMap::new();
-        self.names.prune();
+        let mut relisting = Relisting::default();
         for i in instances {
-            let name = self.names.get(&i.name);
-            if let Some(c) = Claim::of(&i.config) {
-                self.claims.insert(name.clone(), c);
-            }
-            let list = self.names.list(&i.profiles);
-            self.instances.insert(name, list);
+            self.list_instance(i, &mut relisting);
         }
+        self.instances_listed(&mut relisting);
+        for p in profiles {
+            self.list_profile(p, &mut relisting);
+        }
+        self.profiles_listed(relisting);
+    }
+
+    // A relisting is merged into the state one object at a time, as the listing is read:
+    // what did not change is left as it is (no copy of an in-sync fleet is made), and
+    // neither the listing nor a second state is ever held whole. Instances first, then
+    // profiles: an instance's own list is the truth for every instance the listing saw.
+
+    /// One instance of a full listing.
+    pub fn list_instance(&mut self, i: Instance, relisting: &mut Relisting) {
+        let name = self.names.get(&i.name);
+        let claim = Claim::of(&i.config);
+        if self.claims.get(&name) != claim.as_ref() {
+            match claim {
+                Some(c) => self.claims.insert(name.clone(), c),
+                None => self.claims.remove(&name),
+            };
+        }
+        let same = self.instances.get(&name).is_some_and(|old| {
+            old.len() == i.profiles.len() && old.iter().zip(&i.profiles).all(|(a, b)| **a == **b)
+        });
+        if !same {
+            self.set_instance_profiles(&i.name, &i.profiles);
+        }
+        relisting.instances.insert(name);
+    }
+
+    /// The instance listing is complete: the instances it did not have are gone.
+    pub fn instances_listed(&mut self, relisting: &mut Relisting) {
+        let gone: Vec<Arc<str>> = (self.instances.keys())
+            .chain(self.claims.keys())
+            .filter(|i| !relisting.instances.contains(*i))
+            .cloned()
+            .collect();
+        for i in gone {
+            self.remove_instance(&i);
+        }
+        // The names are held by the state now; the set goes before `profiles_listed`
+        // counts who holds a name.
+        relisting.instances = HashSet::new();
+        relisting.instances_done = true;
+    }
+
+    /// One profile of a full listing, after the instances (`instances_listed`).
+    pub fn list_profile(&mut self, p: Profile, relisting: &mut Relisting) {
+        relisting.profiles.insert(p.name.clone());
         // The two listings are read at the same time, not atomically: an instance written
         // between them would count as a user of a profile it has just left (and that
         // profile would never be collected). The instances' own lists are the truth for
-        // the instances this listing saw; `used_by` speaks only for the others (another
+        // the instances the listing saw; `used_by` speaks only for the others (another
         // project's, when profiles are shared), and only those are taken from it.
-        let listed = &self.instances;
-        for p in profiles {
-            let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names, |i| {
-                listed.contains_key(i)
+        let instances = &self.instances;
+        let listed = |i: &str| relisting.instances_done && instances.contains_key(i);
+        let (name, mut op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names, listed);
+        if let Some(old) = self.profiles.get_mut(&name) {
+            // Its users from the instances' lists are already right (`list_instance`);
+            // those from the last listing's `used_by` are replaced by this one's.
+            let mut used_by = std::mem::take(&mut old.used_by);
+            used_by.retain(|u| {
+                instances
+                    .get(u)
+                    .is_some_and(|list| list.iter().any(|n| **n == *name))
             });
+            used_by.append(&mut op.used_by);
+            op.used_by = used_by;
+            *old = op;
+        } else {
             self.profiles.insert(name, op);
         }
+    }
+
+    /// The profile listing is complete: the profiles it did not have are gone, and every
+    /// listed instance counts as a user of each profile on its list.
+    pub fn profiles_listed(&mut self, relisting: Relisting) {
+        self.profiles
+            .retain(|name, _| relisting.profiles.contains(name.as_str()));
         for (instance, list) in &self.instances {
             for p in list.iter() {
                 if let Some(op) = self.profiles.get_mut(&**p) {
-                    op.used_by.insert(instance.clone());
+                    if !op.used_by.contains(instance) {
+                        op.used_by.insert(instance.clone());
+                    }
                 }
             }
         }
+        self.names.prune();
         self.listed = true;
     }
 
@@ -570,5 +640,63 @@ mod tests {
         assert!(o.profile("old").unwrap().used_by.is_empty());
         assert_eq!(o.profile("new").unwrap().used_by.len(), 1);
         assert_eq!(o.profile("shared").unwrap().used_by.len(), 1);
+    }
+
+    #[test]
+    fn a_relisting_over_a_known_state_keeps_only_what_lxd_still_holds() {
+        let inst = |name: &str, profiles: &[&str]| Instance {
+            name: name.into(),
+            profiles: profiles.iter().map(|p| p.to_string()).collect(),
+            status: String::new(),
+            config: Default::default(),
+        };
+        let mut o = Observed::default();
+        o.replace(
+            vec![inst("i", &["default", "a"]), inst("j", &["default", "a"])],
+            vec![
+                profile("default", false, &["i", "j"]),
+                profile("a", true, &["i", "j", "elsewhere"]),
+                profile("b", true, &[]),
+            ],
+        );
+        assert_eq!(o.profile("a").unwrap().used_by.len(), 3);
+        // Since: `j` was deleted, `i` left `a` for `b`, `elsewhere` left `a`, `b`'s
+        // content changed, and `c` was made for someone else's instance.
+        let mut b = profile("b", true, &["i"]);
+        b.content.config.insert("k".into(), "v".into());
+        o.replace(
+            vec![inst("i", &["default", "b"])],
+            vec![
+                profile("default", false, &["i"]),
+                profile("a", true, &[]),
+                b,
+                profile("c", true, &["other"]),
+            ],
+        );
+        assert_eq!(o.instance_count(), 1);
+        assert_eq!(o.instance_profiles("j"), None);
+        let users = |p: &str| -> Vec<String> {
+            o.profile(p)
+                .unwrap()
+                .used_by
+                .iter()
+                .map(|u| u.to_string())
+                .collect()
+        };
+        assert_eq!(users("default"), ["i"]);
+        assert!(users("a").is_empty(), "a is collectable");
+        assert_eq!(users("b"), ["i"]);
+        assert_eq!(users("c"), ["other"]);
+        assert_eq!(
+            o.profile("b").unwrap().content.config.get("k").unwrap(),
+            "v"
+        );
+        // A profile the listing no longer has is gone.
+        o.replace(
+            vec![inst("i", &["default"])],
+            vec![profile("default", false, &["i"])],
+        );
+        assert!(o.profile("a").is_none());
+        assert_eq!(o.profiles().count(), 1);
     }
 }

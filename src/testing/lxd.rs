@@ -587,7 +587,7 @@ impl State {
     /// Every profile with its users, in one pass over the instances (not one per
     /// profile: a listing of a thousand profiles on a hundred thousand instances must
     /// not cost the double more than it costs LXD).
-    fn list_profiles(&self) -> Vec<Profile> {
+    fn each_profile(&self, mut each: impl FnMut(Profile)) {
         let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
         for (instance, i) in &self.instances {
             for p in &i.profiles {
@@ -598,13 +598,10 @@ impl State {
                 }
             }
         }
-        self.profiles
-            .iter()
-            .map(|(name, p)| {
-                let of = users.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-                self.profile_used_by(name, p, of.iter().copied())
-            })
-            .collect()
+        for (name, p) in &self.profiles {
+            let of = users.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            each(self.profile_used_by(name, p, of.iter().copied()));
+        }
     }
 
     fn in_use(&self, profile: &str) -> bool {
@@ -661,19 +658,20 @@ fn check_method(method: &str) {
 }
 
 impl LxdApi for MemLxd {
-    async fn list_instances(&self) -> Result<Vec<Instance>, LxdError> {
+    async fn each_instance<F: FnMut(Instance) + Send>(&self, mut each: F) -> Result<(), LxdError> {
         self.request("GET", "/1.0/instances?recursion=1".into(), |s| {
-            Ok(s.instances
-                .iter()
-                .map(|(name, i)| instance_view(name, i))
-                .collect())
+            for (name, i) in &s.instances {
+                each(instance_view(name, i));
+            }
+            Ok(())
         })
         .await
     }
 
-    async fn list_profiles(&self) -> Result<Vec<Profile>, LxdError> {
+    async fn each_profile<F: FnMut(Profile) + Send>(&self, each: F) -> Result<(), LxdError> {
         self.request("GET", "/1.0/profiles?recursion=1".into(), |s| {
-            Ok(s.list_profiles())
+            s.each_profile(each);
+            Ok(())
         })
         .await
     }
