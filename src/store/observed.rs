@@ -308,10 +308,10 @@ impl Observed {
             .retain(|name, _| relisting.profiles.contains(name.as_str()));
         for (instance, list) in &self.instances {
             for p in list.iter() {
-                if let Some(op) = self.profiles.get_mut(&**p) {
-                    if !op.used_by.contains(instance) {
-                        op.used_by.insert(instance.clone());
-                    }
+                if let Some(op) = self.profiles.get_mut(&**p)
+                    && !op.used_by.contains(instance)
+                {
+                    op.used_by.insert(instance.clone());
                 }
             }
         }
