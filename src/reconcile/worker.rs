@@ -196,6 +196,11 @@ impl<L: LxdApi> Worker<L> {
                     if once && me.queue.is_empty() && me.queue.processing() == 0 {
                         me.queue.shutdown();
                     }
+                    // The events task's turn after every key: when LXD answers without
+                    // making a worker wait, a backlog of keys would otherwise run before
+                    // any event of their writes is handled, and every one of those events
+                    // (with the echo it is to meet) would wait in memory meanwhile.
+                    tokio::task::yield_now().await;
                 }
             });
         }
