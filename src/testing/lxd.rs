@@ -82,40 +82,46 @@ struct State {
     hung: HashSet<&'static str>,
     unreachable: bool,
     subscribers: Vec<UnboundedSender<EventNotice>>,
+    /// Profile names and config keys, one copy each: a fleet's instances name few of them.
+    words: HashSet<Arc<str>>,
 }
 
+/// An instance as few allocations: the double's memory counts in what the full loop
+/// measures as the controller's.
 struct MemInstance {
-    profiles: Vec<String>,
+    profiles: Box<[Arc<str>]>,
     config: Config,
-    etag: String,
+    /// Shown as its decimal text.
+    etag: u64,
 }
 
 /// An instance's config, as pairs sorted by key: most hold none or the two claim keys,
 /// and a map of two keys costs a whole tree node (the full loop's 100,000 instances would
 /// weigh on the controller's measured memory).
 #[derive(Default)]
-struct Config(Vec<(String, String)>);
+struct Config(Vec<(Arc<str>, Box<str>)>);
 
 impl Config {
-    fn set(&mut self, key: &str, value: &str) {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
-            Ok(i) => self.0[i].1 = value.to_string(),
-            Err(i) => self.0.insert(i, (key.to_string(), value.to_string())),
+    /// `key` interned (`State::word`).
+    fn set(&mut self, key: Arc<str>, value: &str) {
+        match self.0.binary_search_by(|(k, _)| (**k).cmp(&*key)) {
+            Ok(i) => self.0[i].1 = value.into(),
+            Err(i) => self.0.insert(i, (key, value.into())),
         }
     }
 
     fn unset(&mut self, key: &str) {
-        self.0.retain(|(k, _)| k != key);
+        self.0.retain(|(k, _)| &**k != key);
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 }
 
 struct MemProfile {
     content: ProfileContent,
-    etag: String,
+    etag: u64,
 }
 
 struct FailRule {
@@ -160,6 +166,7 @@ impl MemLxd {
                 hung: HashSet::new(),
                 unreachable: false,
                 subscribers: Vec::new(),
+                words: HashSet::new(),
             })),
         };
         lxd.add_profile("default", ProfileContent::default());
@@ -177,10 +184,11 @@ impl MemLxd {
     pub fn add_instance(&self, name: &str, profiles: &[&str]) {
         self.with(|s| {
             let etag = s.next_etag();
+            let list = s.words(profiles.iter().copied());
             s.instances.insert(
                 name.to_string(),
                 MemInstance {
-                    profiles: to_strings(profiles),
+                    profiles: list,
                     config: Config::default(),
                     etag,
                 },
@@ -198,7 +206,7 @@ impl MemLxd {
     }
 
     pub fn instance_profiles(&self, name: &str) -> Option<Vec<String>> {
-        self.with(|s| s.instances.get(name).map(|i| i.profiles.clone()))
+        self.with(|s| (s.instances.get(name)).map(|i| to_strings(&i.profiles)))
     }
 
     pub fn instance_config(&self, name: &str) -> Option<BTreeMap<String, String>> {
@@ -206,7 +214,7 @@ impl MemLxd {
             (s.instances.get(name)).map(|i| {
                 i.config
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect()
             })
         })
@@ -228,10 +236,11 @@ impl MemLxd {
     pub fn set_profiles_by_hand(&self, instance: &str, profiles: &[&str]) {
         self.with(|s| {
             let etag = s.next_etag();
+            let list = s.words(profiles.iter().copied());
             let Some(inst) = s.instances.get_mut(instance) else {
                 panic!("set_profiles_by_hand: no instance {instance:?}");
             };
-            inst.profiles = to_strings(profiles);
+            inst.profiles = list;
             inst.etag = etag;
             s.emit(LifecycleAction::InstanceUpdated, instance);
         });
@@ -263,11 +272,12 @@ impl MemLxd {
     pub fn set_instance_config_by_hand(&self, instance: &str, key: &str, value: Option<&str>) {
         self.with(|s| {
             let etag = s.next_etag();
+            let key_word = s.word(key);
             let Some(inst) = s.instances.get_mut(instance) else {
                 panic!("set_instance_config_by_hand: no instance {instance:?}");
             };
             match value {
-                Some(v) => inst.config.set(key, v),
+                Some(v) => inst.config.set(key_word, v),
                 None => inst.config.unset(key),
             };
             inst.etag = etag;
@@ -497,9 +507,23 @@ impl fmt::Debug for MemLxd {
 }
 
 impl State {
-    fn next_etag(&mut self) -> String {
+    fn next_etag(&mut self) -> u64 {
         self.etag_counter += 1;
-        self.etag_counter.to_string()
+        self.etag_counter
+    }
+
+    /// The one copy of `w`.
+    fn word(&mut self, w: &str) -> Arc<str> {
+        if let Some(known) = self.words.get(w) {
+            return known.clone();
+        }
+        let new: Arc<str> = Arc::from(w);
+        self.words.insert(new.clone());
+        new
+    }
+
+    fn words<'a>(&mut self, list: impl Iterator<Item = &'a str>) -> Box<[Arc<str>]> {
+        list.map(|w| self.word(w)).collect()
     }
 
     fn admit(&mut self, method: &'static str, path: String) -> Gate {
@@ -557,7 +581,7 @@ impl State {
         let users = self
             .instances
             .iter()
-            .filter(|(_, i)| i.profiles.iter().any(|n| n == name))
+            .filter(|(_, i)| i.profiles.iter().any(|n| &**n == name))
             .map(|(i, _)| i.as_str());
         self.profile_used_by(name, p, users)
     }
@@ -587,47 +611,54 @@ impl State {
     /// Every profile with its users, in one pass over the instances (not one per
     /// profile: a listing of a thousand profiles on a hundred thousand instances must
     /// not cost the double more than it costs LXD).
+    /// The users are held as instance numbers (a fleet's profiles have several users
+    /// per instance, and this map is the double's, not the controller's, memory).
     fn each_profile(&self, mut each: impl FnMut(Profile)) {
-        let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (instance, i) in &self.instances {
+        let instances: Vec<&str> = self.instances.keys().map(String::as_str).collect();
+        let mut users: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (k, i) in self.instances.values().enumerate() {
+            let k = u32::try_from(k).expect("fewer than 2^32 instances");
             for p in &i.profiles {
-                let of = users.entry(p.as_str()).or_default();
+                let of = users.entry(&**p).or_default();
                 // A list naming a profile twice (seeded by hand) uses it once.
-                if of.last() != Some(&instance.as_str()) {
-                    of.push(instance.as_str());
+                if of.last() != Some(&k) {
+                    of.push(k);
                 }
             }
         }
         for (name, p) in &self.profiles {
             let of = users.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            each(self.profile_used_by(name, p, of.iter().copied()));
+            let names = of
+                .iter()
+                .filter_map(|&k| instances.get(k as usize).copied());
+            each(self.profile_used_by(name, p, names));
         }
     }
 
     fn in_use(&self, profile: &str) -> bool {
         self.instances
             .values()
-            .any(|i| i.profiles.iter().any(|n| n == profile))
+            .any(|i| i.profiles.iter().any(|n| &**n == profile))
     }
 }
 
 fn instance_view(name: &str, inst: &MemInstance) -> Instance {
     Instance {
         name: name.to_string(),
-        profiles: inst.profiles.clone(),
+        profiles: to_strings(&inst.profiles),
         status: "Running".into(),
         // What the client keeps of a real listing: the controller's keys.
         config: (inst.config.iter())
             .filter(|(k, _)| k.starts_with(crate::resource::profile::RESERVED_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     }
 }
 
 /// LXD compares `If-Match` with the current ETag and answers 412 with this text.
-fn check_etag(if_match: Option<&str>, current: &str) -> Result<(), LxdError> {
+fn check_etag(if_match: Option<&str>, current: u64) -> Result<(), LxdError> {
     match if_match {
-        Some(given) if given != current => Err(LxdError::Conflict {
+        Some(given) if given != current.to_string() => Err(LxdError::Conflict {
             message: format!("ETag doesn't match: {given} vs {current}"),
         }),
         _ => Ok(()),
@@ -646,8 +677,8 @@ fn profile_not_found() -> LxdError {
     }
 }
 
-fn to_strings(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| (*n).to_string()).collect()
+fn to_strings(names: &[impl AsRef<str>]) -> Vec<String> {
+    names.iter().map(|n| n.as_ref().to_string()).collect()
 }
 
 fn check_method(method: &str) {
@@ -688,7 +719,7 @@ impl LxdApi for MemLxd {
             // LXD's order: load the instance, check the ETag, load each profile, then
             // validate the list as a whole.
             let current = s.instances.get(instance).ok_or_else(instance_not_found)?;
-            check_etag(if_match, &current.etag)?;
+            check_etag(if_match, current.etag)?;
             if profiles.iter().any(|p| !s.profiles.contains_key(p)) {
                 return Err(profile_not_found());
             }
@@ -700,13 +731,15 @@ impl LxdApi for MemLxd {
                 });
             }
             let etag = s.next_etag();
+            let list = s.words(profiles.iter().map(String::as_str));
+            let keys: Vec<Arc<str>> = config.keys().map(|k| s.word(k)).collect();
             let inst = s
                 .instances
                 .get_mut(instance)
                 .ok_or_else(instance_not_found)?;
-            inst.profiles = profiles.to_vec();
+            inst.profiles = list;
             // PATCH merges config, as LXD 5.0 does.
-            for (k, v) in config {
+            for (k, v) in keys.into_iter().zip(config.values()) {
                 inst.config.set(k, v);
             }
             inst.etag = etag;
@@ -760,7 +793,7 @@ impl LxdApi for MemLxd {
         let path = format!("/1.0/profiles/{name}");
         self.request("PUT", path, |s| {
             let current = s.profiles.get(name).ok_or_else(profile_not_found)?;
-            check_etag(if_match, &current.etag)?;
+            check_etag(if_match, current.etag)?;
             let etag = s.next_etag();
             let p = s.profiles.get_mut(name).ok_or_else(profile_not_found)?;
             p.content = content.clone();
@@ -800,7 +833,7 @@ impl LxdApi for MemLxd {
         let path = format!("/1.0/instances/{name}");
         self.request("GET", path, |s| {
             let i = s.instances.get(name).ok_or_else(instance_not_found)?;
-            Ok((instance_view(name, i), Some(i.etag.clone())))
+            Ok((instance_view(name, i), Some(i.etag.to_string())))
         })
         .await
     }
@@ -822,7 +855,7 @@ impl LxdApi for MemLxd {
         let path = format!("/1.0/profiles/{name}");
         self.request("GET", path, |s| {
             let p = s.profiles.get(name).ok_or_else(profile_not_found)?;
-            Ok((s.profile(name, p), Some(p.etag.clone())))
+            Ok((s.profile(name, p), Some(p.etag.to_string())))
         })
         .await
     }
