@@ -176,7 +176,7 @@ pub fn plan<'a>(
     };
     let owner = observed.owner();
     if let Some(claim) = observed.claim(instance)
-        && claim.owner != owner
+        && *claim.owner != *owner
     {
         return Decision::Invalid(format!(
             "instance {instance:?} is claimed by another controller ({} for {}): not touched",
@@ -237,8 +237,8 @@ pub fn plan<'a>(
         steps.push(Step::SetProfiles {
             profiles: expected.list.clone(),
             claim: Claim {
-                owner: owner.to_string(),
-                resource: key.to_string(),
+                owner: owner.into(),
+                resource: key.to_string().into(),
             },
         });
     }

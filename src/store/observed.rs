@@ -65,11 +65,12 @@ impl Stamp {
     }
 }
 
-/// The resource an instance is claimed by, as recorded on it.
+/// The resource an instance is claimed by, as recorded on it. Every instance of a fleet
+/// has one, and they name one owner: the cache holds that name once (`Names`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
-    pub owner: String,
-    pub resource: String,
+    pub owner: Arc<str>,
+    pub resource: Box<str>,
 }
 
 impl Claim {
@@ -78,19 +79,19 @@ impl Claim {
             config
                 .iter()
                 .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.as_str())
         };
         Some(Claim {
-            owner: get(OWNER_KEY)?,
-            resource: get(RESOURCE_KEY).unwrap_or_default(),
+            owner: get(OWNER_KEY)?.into(),
+            resource: get(RESOURCE_KEY).unwrap_or_default().into(),
         })
     }
 
     /// The config keys that record it, for the PATCH that sets the instance's profiles.
     pub fn config(&self) -> std::collections::BTreeMap<String, String> {
         [
-            (OWNER_KEY.to_string(), self.owner.clone()),
-            (RESOURCE_KEY.to_string(), self.resource.clone()),
+            (OWNER_KEY.to_string(), self.owner.to_string()),
+            (RESOURCE_KEY.to_string(), self.resource.to_string()),
         ]
         .into()
     }
@@ -147,7 +148,8 @@ const ECHO_TTL: Duration = Duration::from_secs(5);
 
 /// Instance and profile names, one copy each: an instance's name is shared by its
 /// entry, its claim and the `used_by` of each of its profiles, and a profile's name by
-/// every instance list that holds it (a fleet has many instances and few profiles).
+/// every instance list that holds it (a fleet has many instances and few profiles); the
+/// owner of the claims likewise.
 #[derive(Clone, Debug, Default)]
 struct Names(HashSet<Arc<str>>);
 
@@ -244,8 +246,10 @@ impl Observed {
         let claim = Claim::of(&i.config);
         if self.claims.get(&name) != claim.as_ref() {
             match claim {
-                Some(c) => self.claims.insert(name.clone(), c),
-                None => self.claims.remove(&name),
+                Some(c) => self.set_claim(&i.name, c),
+                None => {
+                    self.claims.remove(&name);
+                }
             };
         }
         let same = self.instances.get(&name).is_some_and(|old| {
@@ -322,11 +326,10 @@ impl Observed {
     /// One instance read from LXD (an event's GET).
     pub fn put_instance(&mut self, i: &Instance) {
         match Claim::of(&i.config) {
-            Some(c) => {
-                let name = self.names.get(&i.name);
-                self.claims.insert(name, c)
+            Some(c) => self.set_claim(&i.name, c),
+            None => {
+                self.claims.remove(i.name.as_str());
             }
-            None => self.claims.remove(i.name.as_str()),
         };
         self.set_instance_profiles(&i.name, &i.profiles);
     }
@@ -337,8 +340,9 @@ impl Observed {
     }
 
     /// Our PATCH recorded `claim` on the instance.
-    pub fn set_claim(&mut self, instance: &str, claim: Claim) {
+    pub fn set_claim(&mut self, instance: &str, mut claim: Claim) {
         let name = self.names.get(instance);
+        claim.owner = self.names.get(&claim.owner);
         self.claims.insert(name, claim);
     }
 
