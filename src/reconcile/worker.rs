@@ -144,6 +144,11 @@ impl ReconcileError {
     }
 }
 
+/// Keys a worker takes before it lets the other tasks run (the events task above all),
+/// if nothing made it wait meanwhile: a yield costs a poll of the runtime's driver, and
+/// LXD's events then wait for at most this many keys per worker.
+const YIELD_EVERY: u32 = 16;
+
 /// What the workers share.
 pub struct Worker<L: LxdApi> {
     lxd: L,
@@ -190,17 +195,22 @@ impl<L: LxdApi> Worker<L> {
         for _ in 0..self.opts.workers.max(1) {
             let me = self.clone();
             tasks.spawn(async move {
+                let mut since_yield = 0;
                 while let Some(key) = me.queue.get().await {
                     me.process_and_settle(&key, once).await;
                     me.queue.done(&key);
                     if once && me.queue.is_empty() && me.queue.processing() == 0 {
                         me.queue.shutdown();
                     }
-                    // The events task's turn after every key: when LXD answers without
+                    // The events task's turn every few keys: when LXD answers without
                     // making a worker wait, a backlog of keys would otherwise run before
                     // any event of their writes is handled, and every one of those events
                     // (with the echo it is to meet) would wait in memory meanwhile.
-                    tokio::task::yield_now().await;
+                    since_yield += 1;
+                    if since_yield == YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
             });
         }
