@@ -56,7 +56,7 @@ impl<L: LxdApi> LxdFeed<L> {
     /// merged so far (each object as LXD showed it) and removes nothing.
     pub async fn relist(&self) -> Result<(), LxdError> {
         let store = &self.store;
-        let mut relisting = Relisting::default();
+        let mut relisting = Relisting::like(&store.observed());
         self.lxd
             .each_instance(|i| store.observed_mut().list_instance(i, &mut relisting))
             .await?;

@@ -181,6 +181,17 @@ pub struct Relisting {
     profiles: HashSet<String>,
 }
 
+impl Relisting {
+    /// For a listing of about as many instances as `observed` holds: the set of those
+    /// seen is made at its size once, not grown (and copied) as they come.
+    pub fn like(observed: &Observed) -> Relisting {
+        Relisting {
+            instances: HashSet::with_capacity(observed.instances.len()),
+            ..Relisting::default()
+        }
+    }
+}
+
 /// What LXD holds, as far as the controller knows.
 #[derive(Clone, Debug)]
 pub struct Observed {

@@ -602,8 +602,16 @@ impl State {
         Profile {
             name: name.to_string(),
             content: p.content.clone(),
+            // Each URL in a String of its own size, as a JSON decoder makes it (`format!`
+            // leaves room to spare, and a fleet's `default` profile has a URL per instance).
             used_by: users
-                .map(|i| format!("/1.0/instances/{i}{suffix}"))
+                .map(|i| {
+                    let mut url = String::with_capacity(15 + i.len() + suffix.len());
+                    url.push_str("/1.0/instances/");
+                    url.push_str(i);
+                    url.push_str(&suffix);
+                    url
+                })
                 .collect(),
         }
     }
