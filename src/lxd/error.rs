@@ -119,6 +119,16 @@ impl LxdError {
         )
     }
 
+    /// Whether LXD may have carried the request out all the same: no answer came (a
+    /// connection reset or refused, a timeout) or not one that could be read. A write that
+    /// failed so is read back, not sent again blind.
+    pub fn may_have_happened(&self) -> bool {
+        matches!(
+            self.category(),
+            ErrorCategory::Unreachable | ErrorCategory::Timeout | ErrorCategory::Protocol
+        )
+    }
+
     /// Classify an error answer from LXD: by status code first, then by text.
     /// `status` is the HTTP code of a sync error, or the status code of a failed operation.
     pub(crate) fn from_lxd(status: u16, message: &str) -> LxdError {

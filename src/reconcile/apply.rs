@@ -239,6 +239,15 @@ pub async fn apply_cleanup<L: LxdApi>(
                         }
                         done.kept.push(name.clone());
                     }
+                    // LXD may have deleted it (the answer was lost): read it back,
+                    // so that the next clean-up does not ask again for what is gone.
+                    e if e.may_have_happened() => match lxd.get_profile(name).await {
+                        Err(LxdError::NotFound { .. }) => {
+                            store.observed_mut().remove_profile(name);
+                            done.deleted.push(name.clone());
+                        }
+                        _ => done.failed.push((name.clone(), e)),
+                    },
                     e => done.failed.push((name.clone(), e)),
                 }
             }

@@ -257,6 +257,37 @@ async fn the_clean_up_keeps_a_profile_that_lxd_says_is_in_use_again() {
     assert!(p.store.observed().profile("juju-m-old-1").is_some());
 }
 
+/// A deletion whose answer was lost (LXD did it, the connection was reset before the
+/// answer came) is read back: the next clean-up, which may run before the deletion's
+/// event is handled, does not send it again.
+#[tokio::test(start_paused = true)]
+async fn a_deletion_whose_answer_is_lost_is_read_back_not_sent_again() {
+    let lxd = MemLxd::new();
+    lxd.add_profile("juju-m-old-1", nesting(true));
+    lxd.add_instance("i0", &["default"]);
+    let (p, _) = pipeline(&lxd, |_| {});
+    p.load(vec![]);
+    p.relist().await.unwrap();
+    lxd.lose_answers_next("DELETE", 1);
+    p.worker.process(&WorkKey::Collect).await.unwrap();
+    assert!(lxd.profile("juju-m-old-1").is_none(), "LXD deleted it");
+    assert!(p.store.observed().profile("juju-m-old-1").is_none());
+    p.worker.process(&WorkKey::Collect).await.unwrap();
+    let asked: Vec<String> = lxd
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/1.0/profiles/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "DELETE /1.0/profiles/juju-m-old-1",
+            "GET /1.0/profiles/juju-m-old-1"
+        ]
+    );
+}
+
 // The safety rules (README "Promises"), each counting the LXD writes it caused.
 
 fn container(name: &str, namespace: &str, instance: &str) -> String {

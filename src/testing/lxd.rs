@@ -129,6 +129,14 @@ struct FailRule {
     /// `None`: until `heal()`.
     remaining: Option<usize>,
     make: MakeError,
+    /// The call is carried out, and only its answer fails (lost on the way back).
+    carried_out: bool,
+}
+
+/// A failure a call is judged to meet.
+struct Fault {
+    make: MakeError,
+    carried_out: bool,
 }
 
 /// What the fault settings say about one call, decided when it arrives.
@@ -137,7 +145,7 @@ enum Gate {
     Hang,
     Go {
         delay: Option<Duration>,
-        fault: Option<MakeError>,
+        fault: Option<Fault>,
     },
 }
 
@@ -358,6 +366,28 @@ impl MemLxd {
                 method,
                 remaining: Some(n),
                 make: Arc::new(make),
+                carried_out: false,
+            });
+        });
+    }
+
+    /// The next `n` calls with `method` are carried out, and their answer is lost on the
+    /// way back: the caller sees `LxdError::Unreachable`, as on a connection reset after
+    /// LXD had the request. Queues with the `fail_next` rules.
+    pub fn lose_answers_next(&self, method: &'static str, n: usize) {
+        check_method(method);
+        if n == 0 {
+            return;
+        }
+        self.with(|s| {
+            s.rules.push(FailRule {
+                method,
+                remaining: Some(n),
+                make: Arc::new(|| LxdError::Unreachable {
+                    endpoint: "mem".into(),
+                    reason: "connection reset by peer".into(),
+                }),
+                carried_out: true,
             });
         });
     }
@@ -374,6 +404,7 @@ impl MemLxd {
                 method,
                 remaining: None,
                 make: Arc::new(make),
+                carried_out: false,
             });
         });
     }
@@ -473,17 +504,25 @@ impl MemLxd {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        if let Some(make) = fault {
+        if let Some(Fault {
+            make,
+            carried_out: false,
+        }) = &fault
+        {
             // Called outside the lock: the closure is the test's and may inspect us.
             return Err(make());
         }
-        self.with(|s| {
+        let result = self.with(|s| {
             let result = op(s);
             if method != "GET" && result.is_ok() {
                 s.writes_succeeded += 1;
             }
             result
-        })
+        });
+        match fault {
+            Some(Fault { make, .. }) => Err(make()),
+            None => result,
+        }
     }
 }
 
@@ -554,17 +593,20 @@ impl State {
         }
     }
 
-    fn take_fault(&mut self, method: &str) -> Option<MakeError> {
+    fn take_fault(&mut self, method: &str) -> Option<Fault> {
         let index = self.rules.iter().position(|r| r.method == method)?;
         let rule = self.rules.get_mut(index)?;
-        let make = rule.make.clone();
+        let fault = Fault {
+            make: rule.make.clone(),
+            carried_out: rule.carried_out,
+        };
         if let Some(left) = rule.remaining.as_mut() {
             *left -= 1;
             if *left == 0 {
                 self.rules.remove(index);
             }
         }
-        Some(make)
+        Some(fault)
     }
 
     fn emit(&mut self, action: LifecycleAction, name: &str) {
