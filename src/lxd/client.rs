@@ -137,8 +137,8 @@ impl std::fmt::Debug for LxdClient {
 /// How a request reaches LXD.
 #[derive(Clone)]
 enum Transport {
-    /// The local daemon's socket: one hyper exchange per request (`unix_http`).
-    Unix(std::path::PathBuf),
+    /// The local daemon's socket: hyper exchanges on connections kept open (`unix_http`).
+    Unix(Arc<unix_http::Pool>),
     /// A remote daemon, `https://host:port`, its certificate pinned.
     Https { http: reqwest::Client, base: String },
 }
@@ -198,15 +198,18 @@ impl LxdClient {
                 reason: "the LXD project name is empty".into(),
             });
         }
-        // A fresh connection per request, never an idle pool. LXD 5.0 stops accepting
-        // every new connection, from every client, while one open connection has not sent
-        // its first bytes (canonical/lxd#18705, seen here too: one silent socket stalls
-        // `curl` until it closes). hyper's pool races a fresh connection against a
-        // returning idle one and parks the loser idle and silent, so a pooled client
-        // stalls all of LXD under concurrency. A connection per request always speaks at
-        // once; a Unix connect costs microseconds next to LXD's milliseconds.
+        // Never hyper's (or reqwest's) idle pool. LXD 5.0 stops accepting every new
+        // connection, from every client, while one open connection has not sent its
+        // first bytes (canonical/lxd#18705, seen here too: one silent socket stalls `curl`
+        // until it closes). hyper's pool races a fresh connection against a returning idle
+        // one and parks the loser idle and silent, so a pooled client stalls all of LXD
+        // under concurrency. The local socket keeps only connections that have spoken
+        // (`unix_http::Pool`); HTTPS opens a connection per request.
         let (transport, tls) = match endpoint {
-            Endpoint::Unix(path) => (Transport::Unix(path.clone()), None),
+            Endpoint::Unix(path) => (
+                Transport::Unix(Arc::new(unix_http::Pool::new(path.clone()))),
+                None,
+            ),
             Endpoint::Https {
                 url,
                 client_cert,
@@ -410,9 +413,9 @@ impl LxdClient {
         };
         let started = Instant::now();
         let answer = match &self.inner.transport {
-            Transport::Unix(socket) => {
+            Transport::Unix(pool) => {
                 unix_http::exchange(
-                    socket,
+                    pool,
                     method.clone(),
                     &path_and_query,
                     body,

@@ -147,7 +147,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 const MAX_HEAD: usize = 1 << 20;
 
-/// One connection: the whole request is read first and only then is LXD dialled (LXD 5.0
+/// One connection, one request: the whole request is read first and only then is LXD dialled (LXD 5.0
 /// stalls every new connection while one is open and silent, and the shared daemon serves
 /// every other test), after the delay; LXD's status line is read and recorded; then the
 /// connection is either cut or piped both ways until it ends.
@@ -187,6 +187,12 @@ fn serve(mut down: UnixStream, upstream: &Path, shared: &Shared) {
     let name = serde_json::from_slice::<serde_json::Value>(&request[head_end..])
         .ok()
         .and_then(|v| v.get("name")?.as_str().map(str::to_string));
+    // One request per connection, as this proxy sees them: LXD is asked to close after
+    // its answer, so a client that keeps connections (the controller does) opens the next
+    // one here, where it is delayed, recorded and perhaps cut like the first.
+    if !head.to_ascii_lowercase().contains("upgrade") {
+        request.splice(head_end - 2..head_end - 2, *b"Connection: close\r\n");
+    }
     std::thread::sleep(faults.delay);
     let first_of_method = faults.cut_first.contains(&method.as_str()) && {
         let mut seen = lock(&shared.cut_once);
