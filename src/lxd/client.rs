@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::endpoint::Endpoint;
@@ -300,7 +299,7 @@ impl LxdClient {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         if_match: Option<&str>,
     ) -> Result<(Option<String>, Metadata), LxdError> {
         let what = format!("{method} {path}");
@@ -386,7 +385,7 @@ impl LxdClient {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         if_match: Option<&str>,
         timeout: Duration,
     ) -> Result<(u16, Option<String>, Envelope), LxdError> {
@@ -402,15 +401,6 @@ impl LxdClient {
             path_and_query.push('=');
             path_and_query.push_str(&encode_component(v));
         }
-        let body = match body.map(|b| serde_json::to_vec(&b)).transpose() {
-            Ok(body) => body,
-            Err(e) => {
-                return Err(LxdError::Protocol {
-                    what,
-                    reason: format!("cannot encode the request: {e}"),
-                });
-            }
-        };
         let started = Instant::now();
         let answer = match &self.inner.transport {
             Transport::Unix(pool) => {
@@ -567,8 +557,9 @@ fn decode_each<T: DeserializeOwned>(
         })
 }
 
-fn to_body<T: Serialize>(value: &T) -> Result<Value, LxdError> {
-    serde_json::to_value(value).map_err(|e| LxdError::Protocol {
+/// A request's JSON, written straight from `value` (no `Value` in between).
+fn to_body<T: Serialize>(value: &T) -> Result<Vec<u8>, LxdError> {
+    serde_json::to_vec(value).map_err(|e| LxdError::Protocol {
         what: "request body".into(),
         reason: e.to_string(),
     })

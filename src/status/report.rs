@@ -21,10 +21,14 @@ use super::{StatusStore, now};
 /// How long a refused status waits before the writer tries the store again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// How long the writer gathers statuses after the first one before it stores them: a
-/// status superseded meanwhile (Applying, then Applied a PATCH later) is never written,
-/// and a batch costs one device flush (`StatusFiles::sync`). A flush or the end does not wait for it.
-const GATHER: Duration = Duration::from_millis(200);
+/// The writer gathers statuses into one batch while they keep coming: it stores them
+/// once `QUIET` has passed without a new one, or `GATHER` after the first. A status
+/// superseded meanwhile (Applying, then Applied a PATCH later) is never written, and a
+/// batch costs one device flush (`StatusFiles::sync`, a `syncfs` that also writes out
+/// whatever else the filesystem holds dirty): an upgrade of 200 instances in 4 s is 4
+/// or 5 batches, not 20. A flush or the end does not wait for either.
+const QUIET: Duration = Duration::from_millis(100);
+const GATHER: Duration = Duration::from_secs(1);
 
 pub struct Reporter {
     writer: Arc<Writer>,
@@ -293,8 +297,8 @@ impl Writer {
         let idle = p.statuses.is_empty();
         p.statuses.insert(key.clone(), (seq, workload, status));
         drop(p);
-        // Only an idle writer waits for a status; one gathering a batch waits out
-        // `GATHER` (a wake per status cost a context switch each).
+        // Only an idle writer waits for a status; one gathering a batch looks for
+        // more every `QUIET` (a wake per status cost a context switch each).
         if idle {
             self.changed.notify_all();
         }
@@ -319,7 +323,10 @@ impl Writer {
                 if p.statuses.is_empty() && p.closed {
                     return;
                 }
+                // Pushes during the gathering do not wake the writer (a wake per status
+                // cost a context switch each): it looks every `QUIET` whether any came.
                 let until = Instant::now() + GATHER;
+                let mut seen = p.next;
                 while !p.closed && p.hurry == 0 {
                     let now = Instant::now();
                     if now >= until {
@@ -327,9 +334,13 @@ impl Writer {
                     }
                     p = self
                         .changed
-                        .wait_timeout(p, until - now)
+                        .wait_timeout(p, QUIET.min(until - now))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
+                    if p.next == seen {
+                        break;
+                    }
+                    seen = p.next;
                 }
             }
             if !self.write_pending() {
