@@ -470,6 +470,61 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
 }
 
 #[test]
+fn a_manual_drift_whose_read_is_cut_is_corrected_without_waiting_for_the_resync() {
+    let n = 2;
+    let project = TestProject::new();
+    let _instances = DeleteInstances(&project, n);
+    create_instances(n, |m, p, b| project.query(m, p, b));
+    let resources = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    write_resources(resources.path(), 1, n);
+    let lxd = FaultProxy::start(&support::lxd_socket(), Faults::default());
+    let url = lxd.url();
+    let _controller = start(&args(
+        resources.path(),
+        state.path(),
+        &[
+            "--lxd",
+            &url,
+            "--lxd-project",
+            project.name(),
+            "--resync",
+            "1h",
+        ],
+    ));
+    wait_until("every machine converged", Duration::from_secs(60), || {
+        converged(&project_lists(&project), 1) == n
+    });
+
+    // An operator's hand change, straight to LXD; the controller's read of the instance
+    // its event names (the next GET through the proxy) is cut after LXD answered.
+    lxd.set_faults(Faults {
+        cut_first: &["GET"],
+        ..Faults::default()
+    });
+    project
+        .query(
+            "PATCH",
+            "/1.0/instances/i0",
+            Some(r#"{"profiles": ["default"]}"#),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "the drift corrected, an hour before the resync",
+        Duration::from_secs(30),
+        || converged(&project_lists(&project), 1) == n,
+    );
+    let cut: Vec<String> = (lxd.exchanges().iter())
+        .filter(|e| e.cut)
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert!(
+        cut.len() == 1 && cut[0].starts_with("GET /1.0/instances/i0"),
+        "the event's read of i0 was cut, and only it: {cut:?}"
+    );
+}
+
+#[test]
 fn controller_sigkilled_mid_upgrade_converges_every_machine_after_restart_and_leaves_no_old_profile()
  {
     let n = 100;

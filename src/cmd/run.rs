@@ -460,7 +460,19 @@ async fn start_lxd(
                 };
                 match result {
                     Ok(affected) => pipeline.on_lxd(affected),
-                    Err(e) => warn!(error = %e, "handling an LXD event"),
+                    Err(e) => {
+                        // An event whose read failed, or a listing after a reconnect that
+                        // failed: the cache may have missed a change, which nothing else
+                        // would bring before the next resync. LXD is listed again until
+                        // it answers, and every resource looked at.
+                        warn!(error = %e, "handling an LXD event: listing LXD again");
+                        let mut delay = Backoff::new(RETRY);
+                        while let Err(e) = pipeline.relist().await {
+                            warn!(error = %e, "cannot list LXD; retrying in {:?}", delay.peek());
+                            delay.wait().await;
+                        }
+                        pipeline.enqueue_all();
+                    }
                 }
             }
         })
