@@ -29,6 +29,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// or 5 batches, not 20. A flush or the end does not wait for either.
 const QUIET: Duration = Duration::from_millis(100);
 const GATHER: Duration = Duration::from_secs(1);
+/// A batch this large is stored without waiting for the quiet: a fleet-wide pass
+/// decides tens of thousands of statuses a second, and each pending one is held in
+/// memory until it is stored.
+const BATCH: usize = 2048;
 
 pub struct Reporter {
     writer: Arc<Writer>,
@@ -337,7 +341,7 @@ impl Writer {
                         .wait_timeout(p, QUIET.min(until - now))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
-                    if p.next == seen {
+                    if p.next == seen || p.statuses.len() >= BATCH {
                         break;
                     }
                     seen = p.next;
