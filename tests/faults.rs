@@ -180,6 +180,26 @@ fn start(args: &[String]) -> Controller {
     Controller::start(&args, None)
 }
 
+/// The controller on `project` through `proxy`, resyncing only hourly: whatever it
+/// corrects within a test, LXD's events brought it.
+fn start_through(
+    proxy: &FaultProxy,
+    project: &TestProject,
+    resources: &Path,
+    state: &Path,
+) -> Controller {
+    let url = proxy.url();
+    let more = [
+        "--lxd",
+        &url,
+        "--lxd-project",
+        project.name(),
+        "--resync",
+        "1h",
+    ];
+    start(&args(resources, state, &more))
+}
+
 /// From the controller's JSON log, where every reconcile that fails or applies a change
 /// logs one line with its duration: the longest wait of one resource between the end of a
 /// try and the start of its next, over the tries that failed at once (LXD refusing
@@ -371,19 +391,7 @@ fn slow_lxd_that_cuts_connections_gets_each_profile_created_once_and_no_write_on
         ..Faults::default()
     };
     let lxd = FaultProxy::start(&support::lxd_socket(), slow);
-    let url = lxd.url();
-    let controller = start(&args(
-        resources.path(),
-        state.path(),
-        &[
-            "--lxd",
-            &url,
-            "--lxd-project",
-            project.name(),
-            "--resync",
-            "1h",
-        ],
-    ));
+    let controller = start_through(&lxd, &project, resources.path(), state.path());
     let t = Instant::now();
     wait_until(
         "every machine converged through the slow LXD",
@@ -479,19 +487,7 @@ fn a_manual_drift_whose_read_is_cut_is_corrected_without_waiting_for_the_resync(
     let state = tempfile::tempdir().expect("tempdir");
     write_resources(resources.path(), 1, n);
     let lxd = FaultProxy::start(&support::lxd_socket(), Faults::default());
-    let url = lxd.url();
-    let _controller = start(&args(
-        resources.path(),
-        state.path(),
-        &[
-            "--lxd",
-            &url,
-            "--lxd-project",
-            project.name(),
-            "--resync",
-            "1h",
-        ],
-    ));
+    let _controller = start_through(&lxd, &project, resources.path(), state.path());
     wait_until("every machine converged", Duration::from_secs(60), || {
         converged(&project_lists(&project), 1) == n
     });

@@ -357,37 +357,39 @@ impl MemLxd {
         n: usize,
         make: impl Fn() -> LxdError + Send + Sync + 'static,
     ) {
-        check_method(method);
-        if n == 0 {
-            return;
-        }
-        self.with(|s| {
-            s.rules.push(FailRule {
-                method,
-                remaining: Some(n),
-                make: Arc::new(make),
-                carried_out: false,
-            });
-        });
+        self.push_rule(method, Some(n), Arc::new(make), false);
     }
 
     /// The next `n` calls with `method` are carried out, and their answer is lost on the
     /// way back: the caller sees `LxdError::Unreachable`, as on a connection reset after
     /// LXD had the request. Queues with the `fail_next` rules.
     pub fn lose_answers_next(&self, method: &'static str, n: usize) {
+        let reset = || LxdError::Unreachable {
+            endpoint: "mem".into(),
+            reason: "connection reset by peer".into(),
+        };
+        self.push_rule(method, Some(n), Arc::new(reset), true);
+    }
+
+    /// Queues a rule for `method`: `remaining` calls (`None`: until `heal()`; `Some(0)`:
+    /// none at all).
+    fn push_rule(
+        &self,
+        method: &'static str,
+        remaining: Option<usize>,
+        make: MakeError,
+        carried_out: bool,
+    ) {
         check_method(method);
-        if n == 0 {
+        if remaining == Some(0) {
             return;
         }
         self.with(|s| {
             s.rules.push(FailRule {
                 method,
-                remaining: Some(n),
-                make: Arc::new(|| LxdError::Unreachable {
-                    endpoint: "mem".into(),
-                    reason: "connection reset by peer".into(),
-                }),
-                carried_out: true,
+                remaining,
+                make,
+                carried_out,
             });
         });
     }
@@ -398,15 +400,7 @@ impl MemLxd {
         method: &'static str,
         make: impl Fn() -> LxdError + Send + Sync + 'static,
     ) {
-        check_method(method);
-        self.with(|s| {
-            s.rules.push(FailRule {
-                method,
-                remaining: None,
-                make: Arc::new(make),
-                carried_out: false,
-            });
-        });
+        self.push_rule(method, None, Arc::new(make), false);
     }
 
     /// Each call with `method` answers after `delay` (a `tokio::time::sleep`, so a paused
