@@ -1,5 +1,6 @@
-//! The REST client: a fresh connection per request (see `LxdClient::new` for why), `?project=`
-//! on every call, LXD's envelopes and operations turned into values or `LxdError`s.
+//! The REST client: on the local socket, connections kept only once they have spoken; on
+//! HTTPS, a fresh one per request (see `LxdClient::new` for why); `?project=` on every
+//! call, LXD's envelopes and operations turned into values or `LxdError`s.
 
 use std::collections::BTreeMap;
 use std::future::Future;
