@@ -498,13 +498,17 @@ fn a_manual_drift_whose_read_is_cut_is_corrected_without_waiting_for_the_resync(
         cut_first: &["GET"],
         ..Faults::default()
     });
-    project
-        .query(
-            "PATCH",
-            "/1.0/instances/i0",
-            Some(r#"{"profiles": ["default"]}"#),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    // LXD refuses an update that races the end of the controller's last one ("A matching
+    // non-reusable operation has now succeeded"): the hand change is made again then.
+    wait_until("LXD takes the hand change", Duration::from_secs(30), || {
+        project
+            .query(
+                "PATCH",
+                "/1.0/instances/i0",
+                Some(r#"{"profiles": ["default"]}"#),
+            )
+            .is_ok()
+    });
     wait_until(
         "the drift corrected, an hour before the resync",
         Duration::from_secs(30),
