@@ -437,12 +437,7 @@ async fn start_lxd(
             None
         }
     };
-    let mut delay = Backoff::new(RETRY);
-    while let Err(e) = pipeline.relist().await {
-        warn!(error = %e, "cannot list LXD; retrying in {:?}", delay.peek());
-        delay.wait().await;
-    }
-    pipeline.enqueue_all();
+    relist_until_it_answers(pipeline).await;
     let events = {
         let pipeline = pipeline.clone();
         tokio::spawn(async move {
@@ -466,12 +461,7 @@ async fn start_lxd(
                         // would bring before the next resync. LXD is listed again until
                         // it answers, and every resource looked at.
                         warn!(error = %e, "handling an LXD event: listing LXD again");
-                        let mut delay = Backoff::new(RETRY);
-                        while let Err(e) = pipeline.relist().await {
-                            warn!(error = %e, "cannot list LXD; retrying in {:?}", delay.peek());
-                            delay.wait().await;
-                        }
-                        pipeline.enqueue_all();
+                        relist_until_it_answers(&pipeline).await;
                     }
                 }
             }
@@ -492,6 +482,16 @@ async fn start_lxd(
         })
     };
     Ok(vec![events, resync])
+}
+
+/// Lists LXD, again after a backoff until it answers, then looks at every resource.
+async fn relist_until_it_answers(pipeline: &Pipeline<LxdClient>) {
+    let mut delay = Backoff::new(RETRY);
+    while let Err(e) = pipeline.relist().await {
+        warn!(error = %e, "cannot list LXD; retrying in {:?}", delay.peek());
+        delay.wait().await;
+    }
+    pipeline.enqueue_all();
 }
 
 /// SIGTERM/SIGINT: finish the reconciles in flight (30 s at most; a second signal exits
