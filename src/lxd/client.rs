@@ -137,7 +137,8 @@ impl std::fmt::Debug for LxdClient {
 /// How a request reaches LXD.
 #[derive(Clone)]
 enum Transport {
-    /// The local daemon's socket: hyper exchanges on connections kept open (`unix_http`).
+    /// The local daemon's socket: our own HTTP/1.1 exchanges on connections kept open
+    /// (`unix_http`).
     Unix(Arc<unix_http::Pool>),
     /// A remote daemon, `https://host:port`, its certificate pinned.
     Https { http: reqwest::Client, base: String },
