@@ -304,14 +304,22 @@ impl LxdClient {
         body: Option<Vec<u8>>,
         if_match: Option<&str>,
     ) -> Result<(Option<String>, Metadata), LxdError> {
-        let what = format!("{method} {path}");
+        // Named only when it is needed (an error, an operation): not per request.
+        let what = || format!("{method} {path}");
         let (status, etag, envelope) = self
-            .send(method, path, query, body, if_match, self.inner.timeout)
+            .send(
+                method.clone(),
+                path,
+                query,
+                body,
+                if_match,
+                self.inner.timeout,
+            )
             .await?;
         match envelope.kind.as_str() {
             "sync" if status < 400 => Ok((etag, envelope.metadata)),
             "async" if status < 400 => {
-                self.wait_operation(&what, &envelope.operation).await?;
+                self.wait_operation(&what(), &envelope.operation).await?;
                 Ok((etag, None))
             }
             "error" => Err(LxdError::from_lxd(
@@ -324,7 +332,7 @@ impl LxdClient {
             )),
             _ if status >= 400 => Err(LxdError::from_lxd(status, &envelope.error)),
             other => Err(LxdError::Protocol {
-                what,
+                what: what(),
                 reason: format!("unknown response type {other:?} with HTTP {status}"),
             }),
         }
@@ -394,7 +402,7 @@ impl LxdClient {
         if method != Method::GET && !self.inner.fence.is_open() {
             return Err(LxdError::Fenced);
         }
-        let what = format!("{method} {path}");
+        let what = || format!("{method} {path}");
         let mut path_and_query =
             format!("{path}?project={}", encode_component(&self.inner.project));
         for (k, v) in query {
@@ -435,7 +443,7 @@ impl LxdClient {
             body: bytes,
         } = answer.map_err(|failure| match failure {
             Failure::Timeout => LxdError::Timeout {
-                what: what.clone(),
+                what: what(),
                 after: timeout,
             },
             // Refused, missing socket, TLS handshake, reset mid-answer: no usable answer.
@@ -447,7 +455,7 @@ impl LxdClient {
         let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| {
             let snippet: String = String::from_utf8_lossy(&bytes).chars().take(120).collect();
             LxdError::Protocol {
-                what: what.clone(),
+                what: what(),
                 reason: format!(
                     "HTTP {status} with a body that is not LXD JSON ({e}): {snippet:?}"
                 ),

@@ -51,6 +51,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Read at least this much at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// A body under this size is copied out of the connection's buffer, which is kept.
+const SMALL_BODY: usize = 64 * 1024;
 
 /// The daemon's socket and the connections to it that wait, idle and open, for the next
 /// exchange.
@@ -180,6 +182,10 @@ async fn exchange_now(
             reason,
         })?;
     if head.keep_alive && conn.buf.is_empty() {
+        // An idle connection does not hold on to a listing's worth of buffer.
+        if conn.buf.capacity() > SMALL_BODY {
+            conn.buf = Vec::new();
+        }
         pool.keep(conn);
     }
     Ok(Answer {
@@ -375,8 +381,16 @@ async fn read_body(conn: &mut Conn, head: &Head) -> Result<Vec<u8>, String> {
                     ));
                 }
             }
-            let rest = conn.buf.split_off(n);
-            Ok(std::mem::replace(&mut conn.buf, rest))
+            // A small body is copied out and the buffer kept for the next answer; a large
+            // one (a listing) takes the buffer with it.
+            if n < SMALL_BODY {
+                let body = conn.buf[..n].to_vec();
+                conn.buf.drain(..n);
+                Ok(body)
+            } else {
+                let rest = conn.buf.split_off(n);
+                Ok(std::mem::replace(&mut conn.buf, rest))
+            }
         }
         Framing::Close => {
             while read_some(conn, 0).await? != 0 {}
@@ -392,6 +406,11 @@ async fn read_body(conn: &mut Conn, head: &Head) -> Result<Vec<u8>, String> {
                         return Ok(body);
                     }
                     Dechunked::More(used) => at += used,
+                }
+                // What was taken goes, so that the buffer holds about a chunk, not the body.
+                if at >= SMALL_BODY {
+                    conn.buf.drain(..at);
+                    at = 0;
                 }
                 if read_some(conn, 0).await? == 0 {
                     return Err("connection closed in the middle of a chunked body".into());
