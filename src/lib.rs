@@ -12,6 +12,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod cmd;
+pub mod hash;
 pub mod import;
 pub mod leader;
 pub mod lxd;

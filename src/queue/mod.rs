@@ -25,7 +25,9 @@
 
 mod metrics;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::hash::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::pin::pin;
@@ -114,12 +116,12 @@ where
                 backoff,
                 state: Mutex::new(State {
                     ready: VecDeque::new(),
-                    dirty: HashSet::new(),
-                    processing: HashMap::new(),
-                    added_at: HashMap::new(),
-                    failures: HashMap::new(),
+                    dirty: HashSet::default(),
+                    processing: HashMap::default(),
+                    added_at: HashMap::default(),
+                    failures: HashMap::default(),
                     delayed: BTreeMap::new(),
-                    delayed_by_key: HashMap::new(),
+                    delayed_by_key: HashMap::default(),
                     next_seq: 0,
                     rng: fastrand::Rng::new(),
                     shutting_down: false,

@@ -2,7 +2,7 @@
 //! the whole object, written atomically (a shadow file, then swapped in). Never the
 //! user's files.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -76,7 +76,7 @@ impl StatusFiles {
     /// transition times survive a restart).
     pub fn open(dir: &Path) -> std::io::Result<StatusFiles> {
         std::fs::create_dir_all(dir)?;
-        let mut written = HashMap::new();
+        let mut written = HashMap::default();
         for obj in read_all(dir) {
             if let Some((key, status)) = key_and_status(&obj) {
                 written.insert(key, status);

@@ -2,7 +2,7 @@
 //! set: controller flavour, drift kind, phase, result, error category, HTTP method and
 //! status code. Nothing is labelled per resource.
 
-use std::collections::HashMap;
+use crate::hash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! It remembers which resources count as drifted (a drift being corrected is still one);
 //! nothing reads that back from the metrics.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ impl Reporter {
         Arc::new(Reporter {
             writer,
             metrics,
-            drifted: Mutex::new(HashSet::new()),
+            drifted: Mutex::new(HashSet::default()),
         })
     }
 

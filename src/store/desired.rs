@@ -2,7 +2,9 @@
 //! Application, instance and extra profile to the Machines and Containers that name it,
 //! so that a change or an LXD event enqueues exactly those (no scan of the fleet).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hash::HashMap;
 use std::sync::Arc;
 
 use crate::resource::{Application, Kind, ProfileNames, Resource, ResourceKey, Workload};
@@ -14,7 +16,7 @@ struct ByApp<V>(HashMap<String, HashMap<String, V>>);
 
 impl<V> Default for ByApp<V> {
     fn default() -> Self {
-        ByApp(HashMap::new())
+        ByApp(HashMap::default())
     }
 }
 

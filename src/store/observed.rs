@@ -1,6 +1,8 @@
 //! The observed LXD state: instance profile lists and profiles, as last listed or written.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use crate::hash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,7 +188,10 @@ impl Relisting {
     /// seen is made at its size once, not grown (and copied) as they come.
     pub fn like(observed: &Observed) -> Relisting {
         Relisting {
-            instances: HashSet::with_capacity(observed.instances.len()),
+            instances: HashSet::with_capacity_and_hasher(
+                observed.instances.len(),
+                Default::default(),
+            ),
             ..Relisting::default()
         }
     }
@@ -219,11 +224,11 @@ impl Observed {
     pub fn with_owner(owner: &str) -> Observed {
         Observed {
             owner: owner.to_string(),
-            instances: HashMap::new(),
-            claims: HashMap::new(),
-            profiles: HashMap::new(),
+            instances: HashMap::default(),
+            claims: HashMap::default(),
+            profiles: HashMap::default(),
             listed: false,
-            echoes: HashMap::new(),
+            echoes: HashMap::default(),
             names: Names::default(),
         }
     }
@@ -284,7 +289,7 @@ impl Observed {
         }
         // The names are held by the state now; the set goes before `profiles_listed`
         // counts who holds a name.
-        relisting.instances = HashSet::new();
+        relisting.instances = HashSet::default();
         relisting.instances_done = true;
     }
 
