@@ -2,6 +2,8 @@
 //! set: controller flavour, drift kind, phase, result, error category, HTTP method and
 //! status code. Nothing is labelled per resource.
 
+use std::borrow::Cow;
+
 use crate::hash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,13 +145,32 @@ struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    code: String,
+    method: Cow<'static, str>,
+    code: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
-    method: String,
+    method: Cow<'static, str>,
+}
+
+/// A request's label values without an allocation per request for the usual ones.
+fn method_label(method: &str) -> Cow<'static, str> {
+    ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        .into_iter()
+        .find(|m| *m == method)
+        .map_or_else(|| Cow::Owned(method.to_string()), Cow::Borrowed)
+}
+
+fn code_label(code: Option<u16>) -> Cow<'static, str> {
+    match code {
+        None => Cow::Borrowed("error"),
+        Some(200) => Cow::Borrowed("200"),
+        Some(201) => Cow::Borrowed("201"),
+        Some(202) => Cow::Borrowed("202"),
+        Some(404) => Cow::Borrowed("404"),
+        Some(c) => Cow::Owned(c.to_string()),
+    }
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -342,6 +363,10 @@ impl Metrics {
             .tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The usual case, a reconcile that changed neither: no series touched.
+        if t.phase.get(key) == Some(&phase) && t.drifted.get(key) == Some(&drifted) {
+            return;
+        }
         if let Some(old) = t.phase.insert(key.clone(), phase) {
             self.phase_gauge(controller, old).dec();
         }
@@ -409,17 +434,15 @@ impl Metrics {
 
 impl RequestObserver for Metrics {
     fn observe(&self, method: &str, code: Option<u16>, elapsed: Duration) {
-        let code_label = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        let method = method_label(method);
         self.lxd_requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
-                code: code_label,
+                method: method.clone(),
+                code: code_label(code),
             })
             .inc();
         self.lxd_duration
-            .get_or_create(&MethodLabel {
-                method: method.to_string(),
-            })
+            .get_or_create(&MethodLabel { method })
             .observe(elapsed.as_secs_f64());
         self.lxd_answering.store(code.is_some(), Ordering::SeqCst);
         self.lxd_requests_seen.fetch_add(1, Ordering::Relaxed);
