@@ -142,6 +142,10 @@ impl StatusStore for StatusFiles {
         self.lock().last(key).cloned()
     }
 
+    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
+        f(self.lock().last(key))
+    }
+
     /// Stages `object` (the whole resource, status included) unless `status` equals the
     /// one last written: its text over the file's shadow, swapped in by the next `sync`.
     /// Returns whether it wrote.

@@ -29,6 +29,11 @@ use crate::resource::{ResourceKey, Status};
 pub trait StatusStore: Send + Sync {
     /// The status stored for `key` (what `decide` starts from).
     fn get(&self, key: &ResourceKey) -> Option<Status>;
+    /// Calls `f` with the status stored for `key`, without a copy where the store can
+    /// lend it (a status is a dozen allocations, and every reconcile reads one).
+    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
+        f(self.get(key).as_ref())
+    }
     /// Stores `status` unless it equals the one stored. `object` makes the whole
     /// resource with that status, for stores that keep whole objects (called only for a
     /// status that is stored). Returns whether it stored.
@@ -65,6 +70,9 @@ pub trait StatusStore: Send + Sync {
 impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
     fn get(&self, key: &ResourceKey) -> Option<Status> {
         (**self).get(key)
+    }
+    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
+        (**self).with_status(key, f)
     }
     fn write(
         &self,

@@ -99,6 +99,29 @@ impl Reporter {
         self.writer.store.get(key)
     }
 
+    /// `f` of the status last decided for `key`, lent rather than copied.
+    fn with_last<R>(&self, key: &ResourceKey, f: impl FnOnce(Option<&Status>) -> R) -> R {
+        {
+            let pending = self.writer.lock();
+            if let Some((_, _, s)) = pending.statuses.get(key) {
+                return f(Some(s));
+            }
+        }
+        let mut f = Some(f);
+        let mut out = None;
+        self.writer.store.with_status(key, &mut |s| {
+            if let Some(f) = f.take() {
+                out = Some(f(s));
+            }
+        });
+        match (out, f) {
+            (Some(r), _) => r,
+            // A store that did not call back: as if it held nothing.
+            (None, Some(f)) => f(None),
+            (None, None) => unreachable!("f was taken, so out was set"),
+        }
+    }
+
     /// Where statuses are kept (for a source that reports what its objects hold).
     pub fn store(&self) -> &Arc<dyn StatusStore> {
         &self.writer.store
@@ -129,18 +152,16 @@ impl Reporter {
             .generation
             .and_then(|g| u64::try_from(g).ok())
             .unwrap_or_else(|| spec_hash(&workload.spec));
-        let last = self.last(key);
-        let decided = decide(
-            last.as_ref(),
-            outcome,
-            generation,
-            self.was_drifted(key),
-            &now(),
-        );
+        let (was_drifted, now) = (self.was_drifted(key), now());
+        let (decided, unchanged) = self.with_last(key, |last| {
+            let decided = decide(last, outcome, generation, was_drifted, &now);
+            let unchanged = last == Some(&decided.status);
+            (decided, unchanged)
+        });
         let phase = decided.status.phase;
         self.set_drifted(key, decided.drifted);
         self.metrics.set_state(key, phase, decided.drifted);
-        if last.as_ref() == Some(&decided.status) {
+        if unchanged {
             return phase;
         }
         self.writer
@@ -163,15 +184,14 @@ impl Reporter {
         if key.kind == Kind::Application || has_good_version {
             return;
         }
-        let last = self.last(key);
-        let decided = decide(
-            last.as_ref(),
-            &Outcome::InvalidSpec(message.to_string()),
-            generation.unwrap_or(0),
-            self.was_drifted(key),
-            &now(),
-        );
-        if last.as_ref() != Some(&decided.status) {
+        let (was_drifted, now) = (self.was_drifted(key), now());
+        let outcome = Outcome::InvalidSpec(message.to_string());
+        let (decided, unchanged) = self.with_last(key, |last| {
+            let decided = decide(last, &outcome, generation.unwrap_or(0), was_drifted, &now);
+            let unchanged = last == Some(&decided.status);
+            (decided, unchanged)
+        });
+        if !unchanged {
             self.writer.push(key, None, decided.status);
         }
     }

@@ -35,6 +35,13 @@ impl StatusStore for MemStatus {
             .get(key)
             .cloned()
     }
+    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
+        f(self
+            .statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key))
+    }
     fn write(
         &self,
         key: &ResourceKey,
