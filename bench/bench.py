@@ -16,6 +16,7 @@ import glob
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -346,6 +347,34 @@ def floor(project, names, old_rev, rev, connections=1):
     return time.monotonic() - t, len(names) + 2
 
 
+FLOOR_RS = os.path.join(ROOT, "bench", "floor.rs")
+FLOOR_BIN = os.path.join(ROOT, "target", "bench", "floor")
+
+
+def rust_floor(project, names, old_rev, rev, connections=2):
+    """The floor's requests from bench/floor.rs (std only, built here with rustc): the
+    time, the requests, and the client's CPU per instance, the cost of a request to a
+    client that does nothing else."""
+    if not os.path.exists(FLOOR_BIN) or os.path.getmtime(FLOOR_BIN) < os.path.getmtime(FLOOR_RS):
+        os.makedirs(os.path.dirname(FLOOR_BIN), exist_ok=True)
+        subprocess.run(["rustc", "-O", "--edition", "2021", "-o", FLOOR_BIN, FLOOR_RS], check=True)
+    lxd = Lxd(project)
+    current = lxd.profiles_of_all()
+    lines = "".join(f"{name}\t{json.dumps({'profiles': new_list(current[name], rev)})}\n" for name in names)
+    t = time.monotonic()
+    lxd.ok("POST", "/1.0/profiles", profile_body(f"juju-{MODEL}-a-{rev}"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run([FLOOR_BIN, lxd_socket(), project, str(connections)], input=lines,
+                       capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench/floor.rs: {r.stderr.strip()[-300:]}")
+    lxd.ok("DELETE", f"/1.0/profiles/juju-{MODEL}-a-{old_rev}")
+    took = time.monotonic() - t
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return took, len(names) + 2, 1000 * cpu / len(names)
+
+
 def juju_way(project, names, old_rev, rev):
     """Juju's instancemutater: GET the instance, PUT it whole with If-Match, wait."""
     lxd = Lxd(project)
@@ -614,6 +643,12 @@ def main():
 
         floor_s, floor_req = baseline("floor, 1 connection", floor)
         floor2_s, _ = baseline("floor, 2 connections", floor, connections=2)
+        rust_s, rust_req, rust_cpu = rust_floor(project.name, names, rev, rev + 1)
+        rev += 1
+        lists = Lxd(project.name).profiles_of_all()
+        assert all(lists[i] == expected(rev) for i in names), "the Rust floor incomplete"
+        results["controller"]["rust_floor_cpu_ms_per_instance"] = rust_cpu
+        log(f"floor in Rust, 2 connections: {rust_s:.2f} s, client CPU {rust_cpu:.3f} ms per instance")
         juju_s, juju_req = baseline("Juju's way", juju_way)
         lxc_s, _ = baseline("lxc loop", lxc_loop)
         pylxd_s = None
@@ -639,6 +674,8 @@ def main():
         results["controller"]["rounds"] = rounds
         rows.append({"what": "floor: minimal requests, 1 connection (python http.client)", "seconds": floor_s, "requests": floor_req})
         rows.append({"what": "floor: same, 2 connections", "seconds": floor2_s, "requests": floor_req})
+        rows.append({"what": f"floor: same in Rust (bench/floor.rs), 2 connections (client CPU {rust_cpu:.2f} ms per instance)",
+                     "seconds": rust_s, "requests": rust_req})
         w, took, sent = best
         rows.append({"what": f"lxd-mutater upgrade (best --workers {w})", "seconds": took, "requests": sent})
         for wk in [int(x) for x in args.workers.split(",")]:
