@@ -157,24 +157,35 @@ async fn exchange_now(
     // An idle connection first. One the daemon closed just before the request went out
     // refuses the write (a Unix socket whose peer is gone takes nothing): the request
     // goes on a new connection then. A request that went out and got no answer is not
-    // sent again: it may have been carried out.
-    let mut conn = loop {
-        let (mut conn, fresh) = match pool.take() {
+    // sent again (it may have been carried out), except a GET on a kept connection that
+    // the daemon closed without a byte of answer: the race of a request with the close of
+    // an idle connection, which a read repeats safely (as Go's own client does).
+    let mut reuse = true;
+    let (mut conn, head) = loop {
+        let (mut conn, fresh) = match reuse.then(|| pool.take()).flatten() {
             Some(conn) => (conn, false),
             None => (Conn::open(&pool.socket).await?, true),
         };
         match conn.stream.write_all(&request).await {
-            Ok(()) => break conn,
+            Ok(()) => {}
             Err(e)
                 if !fresh
                     && matches!(
                         e.kind(),
                         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                    ) => {}
+                    ) =>
+            {
+                continue;
+            }
             Err(e) => return Err(no_answer(&e)),
         }
+        match read_head(&mut conn, method).await {
+            Ok(head) => break (conn, head),
+            Err(Headless::Closed(_)) if !fresh && *method == Method::GET => reuse = false,
+            Err(Headless::Closed(why)) => return Err(Failure::NoAnswer(why)),
+            Err(Headless::Failed(failure)) => return Err(failure),
+        }
     };
-    let head = read_head(&mut conn, method).await?;
     let body = read_body(&mut conn, &head)
         .await
         .map_err(|reason| Failure::Cut {
@@ -258,8 +269,16 @@ enum Framing {
     Close,
 }
 
+/// Why no head came.
+enum Headless {
+    /// The connection ended (closed or reset) before a byte of answer.
+    Closed(String),
+    Failed(Failure),
+}
+
 /// Reads the answer's head (skipping any `1xx`), leaving the buffer at its body.
-async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, Failure> {
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, Headless> {
+    let mut answered = false;
     loop {
         match parse_head(&conn.buf, method) {
             Ok(Some((len, head))) => {
@@ -270,27 +289,31 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, Failure> {
                 return Ok(head);
             }
             Ok(None) if conn.buf.len() > MAX_HEAD => {
-                return Err(Failure::NoAnswer(format!(
+                return Err(Headless::Failed(Failure::NoAnswer(format!(
                     "the answer's head is over {} KiB",
                     MAX_HEAD / 1024
-                )));
+                ))));
             }
             Ok(None) => {}
-            Err(why) => return Err(Failure::NoAnswer(why)),
+            Err(why) => return Err(Headless::Failed(Failure::NoAnswer(why))),
         }
+        answered |= !conn.buf.is_empty();
         match conn.read_more(0).await {
-            Ok(0) if conn.buf.is_empty() => {
-                return Err(Failure::NoAnswer(
+            Ok(0) if !answered => {
+                return Err(Headless::Closed(
                     "connection closed before an answer".into(),
                 ));
             }
             Ok(0) => {
-                return Err(Failure::NoAnswer(
+                return Err(Headless::Failed(Failure::NoAnswer(
                     "connection closed in the middle of the answer's head".into(),
-                ));
+                )));
             }
             Ok(_) => {}
-            Err(e) => return Err(no_answer(&e)),
+            Err(e) if !answered && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(Headless::Closed(super::client::error_chain(&e)));
+            }
+            Err(e) => return Err(Headless::Failed(no_answer(&e))),
         }
     }
 }
@@ -511,47 +534,11 @@ mod tests {
     }
 
     fn daemon(then: Then) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lxd.socket");
-        let listener = UnixListener::bind(&path).unwrap();
-        let (connections, requests): (Arc<AtomicUsize>, Arc<AtomicUsize>) = Default::default();
-        let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                c.fetch_add(1, Ordering::SeqCst);
-                let r = Arc::clone(&r);
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let Ok(k) = stream.read(&mut buf).await else {
-                            return;
-                        };
-                        if k == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buf[..k]);
-                        if !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            continue;
-                        }
-                        seen.clear();
-                        r.fetch_add(1, Ordering::SeqCst);
-                        if let Then::AnswerAndKeep | Then::AnswerAndClose = then {
-                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-                            stream.write_all(answer).await.unwrap();
-                        }
-                        if let Then::AnswerAndClose | Then::Close = then {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Daemon {
-            pool: Pool::new(path),
-            _dir: dir,
-            connections,
-            requests,
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        match then {
+            Then::AnswerAndKeep => answering(OK, OK.len(), false),
+            Then::AnswerAndClose => answering(OK, OK.len(), true),
+            Then::Close => serve(OK, 1, true, 0),
         }
     }
 
@@ -601,9 +588,15 @@ mod tests {
     }
 
     /// A daemon that answers every request with `answer`, written in pieces of `piece`
-    /// bytes (so every boundary of the head and the body falls between two reads).
-    /// With `close`, the daemon closes the connection after its answer.
+    /// bytes (so every boundary of the head and the body can fall between two reads).
+    /// With `close`, it closes the connection after its answer.
     fn answering(answer: &'static [u8], piece: usize, close: bool) -> Daemon {
+        serve(answer, piece, close, usize::MAX)
+    }
+
+    /// `answering`, with at most `answers` answers per connection: a request after them
+    /// is met with the connection's close, without an answer.
+    fn serve(answer: &'static [u8], piece: usize, close: bool, answers: usize) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lxd.socket");
         let listener = UnixListener::bind(&path).unwrap();
@@ -616,6 +609,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buf = [0u8; 4096];
+                    let mut answered = 0;
                     while let Ok(k) = stream.read(&mut buf).await {
                         if k == 0 {
                             return;
@@ -626,12 +620,18 @@ mod tests {
                         }
                         seen.clear();
                         r.fetch_add(1, Ordering::SeqCst);
-                        for part in answer.chunks(piece) {
+                        if answered == answers {
+                            return;
+                        }
+                        answered += 1;
+                        for (k, part) in answer.chunks(piece).enumerate() {
+                            if k > 0 {
+                                tokio::task::yield_now().await;
+                            }
                             if stream.write_all(part).await.is_err() {
                                 return;
                             }
                             stream.flush().await.unwrap();
-                            tokio::task::yield_now().await;
                         }
                         if close {
                             return;
@@ -646,6 +646,44 @@ mod tests {
             connections,
             requests,
         }
+    }
+
+    #[tokio::test]
+    async fn a_get_the_daemon_drops_on_a_kept_connection_goes_again_on_a_new_one() {
+        let d = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            64,
+            false,
+            1,
+        );
+        for _ in 0..2 {
+            assert!(get(&d).await.is_ok());
+        }
+        // The second GET went out on the kept connection, met its close, went again.
+        assert_eq!(counts(&d), (2, 3), "(connections, requests)");
+    }
+
+    #[tokio::test]
+    async fn a_write_the_daemon_drops_on_a_kept_connection_is_not_sent_again() {
+        let d = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            64,
+            false,
+            1,
+        );
+        let patch = || {
+            exchange(
+                &d.pool,
+                Method::PATCH,
+                "/1.0/instances/c1",
+                Some(b"{}".to_vec()),
+                None,
+                Duration::from_secs(5),
+            )
+        };
+        assert!(patch().await.is_ok());
+        assert!(matches!(patch().await, Err(Failure::NoAnswer(_))));
+        assert_eq!(counts(&d), (1, 2), "(connections, requests)");
     }
 
     #[tokio::test]
