@@ -26,8 +26,6 @@
 mod metrics;
 
 use std::collections::{BTreeMap, VecDeque};
-
-use crate::hash::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::pin::pin;
@@ -36,6 +34,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::hash::{HashMap, HashSet};
 
 pub use crate::backoff::{BackoffConfig, JITTER};
 pub use metrics::QueueMetrics;

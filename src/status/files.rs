@@ -2,10 +2,10 @@
 //! the whole object, written atomically (a shadow file, then swapped in). Never the
 //! user's files.
 
-use crate::hash::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::hash::{HashMap, HashSet};
 use crate::resource::{Kind, ResourceKey, Status};
 use crate::status::StatusStore;
 

@@ -3,8 +3,6 @@
 //! status code. Nothing is labelled per resource.
 
 use std::borrow::Cow;
-
-use crate::hash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::hash::HashMap;
 use crate::lxd::{ErrorCategory, RequestObserver};
 use crate::resource::{Kind, Phase, ResourceKey};
 

@@ -5,13 +5,13 @@
 //! It remembers which resources count as drifted (a drift being corrected is still one);
 //! nothing reads that back from the metrics.
 
-use crate::hash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::hash::{HashMap, HashSet};
 use crate::resource::{Kind, Phase, ResourceKey, Status, Workload};
 
 use super::decide::{Outcome, decide, spec_hash};

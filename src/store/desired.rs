@@ -3,10 +3,9 @@
 //! so that a change or an LXD event enqueues exactly those (no scan of the fleet).
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::hash::HashMap;
 use std::sync::Arc;
 
+use crate::hash::HashMap;
 use crate::resource::{Application, Kind, ProfileNames, Resource, ResourceKey, Workload};
 
 /// Maps keyed by an application's identity, namespace (model) and name, read with

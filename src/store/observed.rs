@@ -1,14 +1,13 @@
 //! The observed LXD state: instance profile lists and profiles, as last listed or written.
 
 use std::collections::BTreeSet;
-
-use crate::hash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 // tokio's clock, so that a paused test clock ages the expected echoes.
 use tokio::time::Instant;
 
+use crate::hash::{HashMap, HashSet};
 use crate::lxd::{Instance, Profile, ProfileContent};
 
 /// Every key the controller records on LXD objects starts with this; such keys are not
