@@ -138,10 +138,6 @@ impl State {
 
 impl StatusStore for StatusFiles {
     /// The status last written for `key` (staged or in its file).
-    fn get(&self, key: &ResourceKey) -> Option<Status> {
-        self.lock().last(key).cloned()
-    }
-
     fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
         f(self.lock().last(key))
     }

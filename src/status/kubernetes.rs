@@ -198,13 +198,12 @@ impl KubeStatus {
 }
 
 impl StatusStore for KubeStatus {
-    fn get(&self, key: &ResourceKey) -> Option<Status> {
+    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
         let s = lock(&self.state);
-        s.pending
+        f(s.pending
             .get(key)
             .or_else(|| s.in_flight.get(key))
-            .cloned()
-            .or_else(|| s.stored.get(key).and_then(|st| st.status.clone()))
+            .or_else(|| s.stored.get(key).and_then(|st| st.status.as_ref())))
     }
 
     fn write(

@@ -27,12 +27,15 @@ use crate::resource::{ResourceKey, Status};
 /// of the Kubernetes objects. A store persists what it is given, and only when it differs
 /// from what it holds; it decides nothing.
 pub trait StatusStore: Send + Sync {
-    /// The status stored for `key` (what `decide` starts from).
-    fn get(&self, key: &ResourceKey) -> Option<Status>;
-    /// Calls `f` with the status stored for `key`, without a copy where the store can
-    /// lend it (a status is a dozen allocations, and every reconcile reads one).
-    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
-        f(self.get(key).as_ref())
+    /// Calls `f` once with the status stored for `key` (what `decide` starts from), lent
+    /// under the store's lock: a status is a dozen allocations, and every reconcile
+    /// reads one.
+    fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>));
+    /// A copy of the status stored for `key`.
+    fn get(&self, key: &ResourceKey) -> Option<Status> {
+        let mut copy = None;
+        self.with_status(key, &mut |s| copy = s.cloned());
+        copy
     }
     /// Stores `status` unless it equals the one stored. `object` makes the whole
     /// resource with that status, for stores that keep whole objects (called only for a
@@ -68,9 +71,6 @@ pub trait StatusStore: Send + Sync {
 }
 
 impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
-    fn get(&self, key: &ResourceKey) -> Option<Status> {
-        (**self).get(key)
-    }
     fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
         (**self).with_status(key, f)
     }

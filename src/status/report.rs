@@ -93,10 +93,7 @@ impl Reporter {
 
     /// The status last decided for `key` (stored or still on its way).
     pub fn last(&self, key: &ResourceKey) -> Option<Status> {
-        if let Some((_, _, s)) = self.writer.lock().statuses.get(key) {
-            return Some(s.clone());
-        }
-        self.writer.store.get(key)
+        self.with_last(key, |s| s.cloned())
     }
 
     /// `f` of the status last decided for `key`, lent rather than copied.

@@ -28,13 +28,6 @@ pub struct MemStatus {
 }
 
 impl StatusStore for MemStatus {
-    fn get(&self, key: &ResourceKey) -> Option<Status> {
-        self.statuses
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
-    }
     fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
         f(self
             .statuses
