@@ -191,14 +191,26 @@ pub fn lxc_global(args: &[&str]) -> String {
     try_lxc_global(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs the backend's client (`lxc` or `incus`) with ARGS (no project added); Err carries
-/// stderr.
+/// How long one client command may take. LXD 5.0.2's `lxc delete --force` now and then
+/// never returns although the instance is gone (its wait on the operation misses the end):
+/// a test's cleanup must not hang the whole run on it.
+const CLI_DEADLINE: &str = "120";
+
+/// Runs the backend's client (`lxc` or `incus`) with ARGS (no project added), killed after
+/// `CLI_DEADLINE` seconds; Err carries stderr.
 pub fn try_cli_global(backend: Backend, args: &[&str]) -> Result<String, String> {
     let cli = backend.cli();
-    let out = Command::new(cli)
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", CLI_DEADLINE, cli])
         .args(args)
         .output()
         .map_err(|e| format!("cannot run {cli}: {e}"))?;
+    if out.status.code() == Some(124) {
+        return Err(format!(
+            "{cli} {} did not end within {CLI_DEADLINE} s",
+            args.join(" ")
+        ));
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
