@@ -328,6 +328,9 @@ fn env_number(name: &str) -> Option<usize> {
     )
 }
 
+/// The most a per-resource figure may grow from N to 100N and still count as flat (#15).
+const FLAT: f64 = 1.3;
+
 /// One per-machine figure, for the verdict.
 type Figure = fn(&Setup, &Times) -> f64;
 
@@ -404,10 +407,9 @@ fn main() {
         .iter()
         .map(|(name, get)| (*name, get(last, lt) / get(first, ft)))
         .collect();
-    // Within 1.5x counts as flat: caches and hash-table growth move figures that much.
     let growing: Vec<&str> = ratios
         .iter()
-        .filter(|(_, r)| *r > 1.5)
+        .filter(|(_, r)| *r > FLAT)
         .map(|(n, _)| *n)
         .collect();
     let text: Vec<String> = ratios.iter().map(|(n, r)| format!("{n} x{r:.2}")).collect();
@@ -418,7 +420,7 @@ fn main() {
         last.n / first.n,
         text.join(", "),
         if growing.is_empty() {
-            "flat (all within 1.5x)".to_string()
+            format!("flat (all within {FLAT}x)")
         } else {
             format!("NOT flat: {}", growing.join(", "))
         }
