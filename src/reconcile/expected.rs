@@ -4,6 +4,7 @@ use crate::lxd::ProfileContent;
 use crate::resource::{
     Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules,
 };
+use crate::store::PackedContent;
 
 /// A charm profile the instance needs: its name, and the application's profile it must
 /// hold (borrowed: a plan over the fleet copies no profile content; `content()` makes
@@ -24,10 +25,9 @@ impl CharmProfile<'_> {
     }
 
     /// Whether `content` (a profile in LXD, owner key excluded) is this one's.
-    pub fn is_held_by(&self, content: &ProfileContent) -> bool {
-        content.description == self.profile.description
-            && content.config == self.profile.config
-            && content.devices == self.profile.devices
+    pub fn is_held_by(&self, content: &PackedContent) -> bool {
+        let p = self.profile;
+        content.holds(&p.description, &p.config, &p.devices)
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod desired;
 pub mod lxd_feed;
 pub mod observed;
+pub mod packed;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use desired::Desired;
 pub use lxd_feed::LxdFeed;
 pub use observed::{OWNER_KEY, OWNER_VALUE, Object, Observed, ObservedProfile, Relisting};
+pub use packed::PackedContent;
 
 use crate::resource::{Application, Resource, ResourceKey, Workload};
 

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::hash::{HashMap, HashSet};
 use crate::lxd::{Instance, Profile, ProfileContent};
+use crate::store::PackedContent;
 
 /// Every key the controller records on LXD objects starts with this; such keys are not
 /// content, and a resource may not set them (`resource::profile::RESERVED_PREFIX`).
@@ -101,7 +102,7 @@ impl Claim {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedProfile {
     /// The content, without the controller's record.
-    pub content: ProfileContent,
+    pub content: PackedContent,
     pub stamp: Stamp,
     /// Made by this controller (its `--owner`).
     pub owned: bool,
@@ -127,7 +128,7 @@ impl ObservedProfile {
         (
             p.name,
             ObservedProfile {
-                content,
+                content: PackedContent::of(&content),
                 owned: stamp.owner.as_deref() == Some(owner),
                 stamp,
                 used_by,
@@ -469,7 +470,7 @@ impl Observed {
         self.profiles.insert(
             name.to_string(),
             ObservedProfile {
-                content,
+                content: PackedContent::of(&content),
                 stamp,
                 owned,
                 used_by,
@@ -541,6 +542,7 @@ mod tests {
             !o.profile("a")
                 .unwrap()
                 .content
+                .unpack()
                 .config
                 .contains_key(OWNER_KEY)
         );
@@ -610,17 +612,15 @@ mod tests {
                 revision: Some(7),
             }
         );
+        let content = q.content.unpack();
         assert!(
-            q.content
+            content
                 .config
                 .keys()
                 .all(|k| !k.starts_with(RESERVED_PREFIX))
         );
         // Written back with the same record.
-        assert_eq!(
-            q.stamp.on(&q.content).config.len(),
-            q.content.config.len() + 4
-        );
+        assert_eq!(q.stamp.on(&content).config.len(), content.config.len() + 4);
     }
 
     #[test]
@@ -714,10 +714,7 @@ mod tests {
         assert!(users("a").is_empty(), "a is collectable");
         assert_eq!(users("b"), ["i"]);
         assert_eq!(users("c"), ["other"]);
-        assert_eq!(
-            o.profile("b").unwrap().content.config.get("k").unwrap(),
-            "v"
-        );
+        assert_eq!(o.profile("b").unwrap().content.unpack().config["k"], "v");
         // A profile the listing no longer has is gone.
         o.replace(
             vec![inst("i", &["default"])],
