@@ -28,6 +28,7 @@ use crate::resource::names::{check_instance_name, check_resource_name};
 use crate::resource::{
     Application, ApplicationSpec, InstanceSpec, Kind, Life, LxdProfile, ProfileNames, Resource,
 };
+use crate::store::PreparedApp;
 
 /// The instance-id of a manual machine: `manual:<host>` (not an LXD instance).
 const MANUAL_PREFIX: &str = "manual:";
@@ -837,9 +838,12 @@ impl Converter {
                 ),
             );
         }
-        let emitted: HashMap<(String, String), &Application> = apps
+        let emitted: HashMap<(String, String), PreparedApp> = apps
             .iter()
-            .filter_map(|(n, a)| Some(((self.ns.clone(), n.clone()), a.emitted.as_ref()?)))
+            .filter_map(|(n, a)| {
+                let app = PreparedApp::from(a.emitted.clone()?);
+                Some(((self.ns.clone(), n.clone()), app))
+            })
             .collect();
         let no_units = Vec::new();
         for h in hosts {
@@ -1041,7 +1045,7 @@ impl Converter {
         h: &Host<'_>,
         order: &[&Counted],
         apps: &HashMap<String, AppInfo>,
-        emitted: &HashMap<(String, String), &Application>,
+        emitted: &HashMap<(String, String), PreparedApp>,
         names: &ProfileNames,
     ) {
         if w.spec.instance.is_none() || w.spec.manual || w.spec.life == Life::Dead {
@@ -1236,12 +1240,13 @@ mod tests {
     #[test]
     fn the_controller_expects_exactly_the_lists_juju_left_for_the_example() {
         let i = import(DEMO);
-        let apps: HashMap<(String, String), &Application> = i
+        let apps: HashMap<(String, String), PreparedApp> = i
             .resources()
             .filter_map(|r| match r {
-                Resource::Application(a) => {
-                    Some(((a.metadata.namespace.clone(), a.metadata.name.clone()), a))
-                }
+                Resource::Application(a) => Some((
+                    (a.metadata.namespace.clone(), a.metadata.name.clone()),
+                    PreparedApp::from(a.clone()),
+                )),
                 _ => None,
             })
             .collect();

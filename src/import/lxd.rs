@@ -21,6 +21,7 @@ use crate::resource::profile::RESERVED_PREFIX;
 use crate::resource::{
     Application, ApplicationSpec, InstanceSpec, Kind, LxdProfile, ProfileNames, Resource,
 };
+use crate::store::PreparedApp;
 
 /// What to import, and how profiles are named.
 #[derive(Clone, Debug, Default)]
@@ -502,8 +503,10 @@ impl<'a> Converter<'a> {
         workloads: &[(Kind, crate::resource::Workload, Vec<String>)],
         apps: &BTreeMap<(String, String), Application>,
     ) {
-        let by_key: HashMap<(String, String), &Application> =
-            apps.iter().map(|(k, a)| (k.clone(), a)).collect();
+        let by_key: HashMap<(String, String), PreparedApp> = apps
+            .iter()
+            .map(|(k, a)| (k.clone(), PreparedApp::from(a.clone())))
+            .collect();
         let current: HashMap<&str, &Vec<String>> = self
             .instances
             .iter()

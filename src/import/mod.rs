@@ -28,6 +28,7 @@ use crate::resource::{
     API_VERSION, Application, ApplicationSpec, InstanceSpec, Kind, LxdProfile, Metadata, Object,
     ProfileNames, Resource, Workload,
 };
+use crate::store::PreparedApp;
 
 /// How much a note matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -302,14 +303,13 @@ fn workload(kind: Kind, namespace: &str, name: &str, spec: InstanceSpec) -> Work
 fn expected_list(
     kind: Kind,
     w: &Workload,
-    apps: &HashMap<(String, String), &Application>,
+    apps: &HashMap<(String, String), PreparedApp>,
     names: &ProfileNames,
 ) -> Result<Vec<String>, String> {
     let ns = &w.metadata.namespace;
     let subordinates = |principal: &str| {
-        let mut subs: Vec<&Application> = apps
+        let mut subs: Vec<&PreparedApp> = apps
             .values()
-            .copied()
             .filter(|a| &a.metadata.namespace == ns)
             .filter(|a| a.spec.subordinate_to.iter().any(|p| p == principal))
             .collect();
@@ -319,7 +319,7 @@ fn expected_list(
     crate::reconcile::expected_profiles(
         kind,
         w,
-        |name| apps.get(&(ns.clone(), name.to_string())).copied(),
+        |name| apps.get(&(ns.clone(), name.to_string())),
         subordinates,
         names,
     )

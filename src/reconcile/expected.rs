@@ -1,10 +1,8 @@
 //! The expected profile list of an instance (SPEC §3), as a pure function.
 
 use crate::lxd::ProfileContent;
-use crate::resource::{
-    Application, Kind, LxdProfile, ProfileNames, Workload, profile::check_rules,
-};
-use crate::store::PackedContent;
+use crate::resource::{Kind, LxdProfile, ProfileNames, Workload};
+use crate::store::{PackedContent, PreparedApp};
 
 /// A charm profile the instance needs: its name, and the application's profile it must
 /// hold (borrowed: a plan over the fleet copies no profile content; `content()` makes
@@ -13,6 +11,8 @@ use crate::store::PackedContent;
 pub struct CharmProfile<'a> {
     pub name: String,
     pub profile: &'a LxdProfile,
+    /// The same content, packed as the observed state holds LXD's.
+    pub packed: &'a PackedContent,
     /// The application and revision it is made for (recorded on it).
     pub application: &'a str,
     pub revision: u64,
@@ -26,8 +26,7 @@ impl CharmProfile<'_> {
 
     /// Whether `content` (a profile in LXD, owner key excluded) is this one's.
     pub fn is_held_by(&self, content: &PackedContent) -> bool {
-        let p = self.profile;
-        content.holds(&p.description, &p.config, &p.devices)
+        content == self.packed
     }
 }
 
@@ -75,8 +74,8 @@ pub fn model_profile_content() -> ProfileContent {
 pub fn expected_profiles<'a>(
     flavour: Kind,
     workload: &Workload,
-    application: impl Fn(&str) -> Option<&'a Application>,
-    subordinates: impl Fn(&str) -> Vec<&'a Application>,
+    application: impl Fn(&str) -> Option<&'a PreparedApp>,
+    subordinates: impl Fn(&str) -> Vec<&'a PreparedApp>,
     names: &ProfileNames,
 ) -> Result<ExpectedProfiles<'a>, ExpectedError> {
     let model = &workload.metadata.namespace;
@@ -89,7 +88,7 @@ pub fn expected_profiles<'a>(
     let mut charm_profiles: Vec<CharmProfile<'a>> = Vec::new();
     // Each application in list order, each followed by its subordinates (Juju counts a
     // subordinate's unit on its principal's machine): right after the first principal.
-    let mut running: Vec<&'a Application> = Vec::new();
+    let mut running: Vec<&'a PreparedApp> = Vec::new();
     for app_name in &workload.spec.applications {
         let app = application(app_name)
             .ok_or_else(|| ExpectedError::MissingApplication(app_name.clone(), model.clone()))?;
@@ -100,21 +99,15 @@ pub fn expected_profiles<'a>(
     }
     for app in running {
         let app_name = &app.metadata.name;
-        let Some(profile) = app.spec.lxd_profile.as_ref().filter(|p| !p.is_empty()) else {
-            continue;
+        let (profile, packed) = match app.charm_profile() {
+            None => continue,
+            Some(Ok(p)) => p,
+            Some(Err(why)) => {
+                return Err(ExpectedError::InvalidProfile(format!(
+                    "application {app_name:?}: {why}"
+                )));
+            }
         };
-        let violations = if app.spec.force {
-            vec![]
-        } else {
-            check_rules(profile)
-        };
-        if !violations.is_empty() {
-            let all: Vec<String> = violations.into_iter().map(|v| v.message).collect();
-            return Err(ExpectedError::InvalidProfile(format!(
-                "application {app_name:?}: {}",
-                all.join("; ")
-            )));
-        }
         let name = names.charm_profile(model, app_name, app.spec.revision);
         if charm_profiles.iter().any(|c| c.name == name) {
             continue;
@@ -124,6 +117,7 @@ pub fn expected_profiles<'a>(
         charm_profiles.push(CharmProfile {
             name,
             profile,
+            packed,
             application: app_name,
             revision: app.spec.revision,
         });
@@ -156,10 +150,10 @@ mod tests {
 
     fn expect(yaml: &str) -> Result<Vec<String>, ExpectedError> {
         let rs = load(yaml);
-        let apps: Vec<&Application> = rs
+        let apps: Vec<PreparedApp> = rs
             .iter()
             .filter_map(|r| match r {
-                Resource::Application(a) => Some(a),
+                Resource::Application(a) => Some(PreparedApp::from(a.clone())),
                 _ => None,
             })
             .collect();
@@ -174,10 +168,9 @@ mod tests {
         expected_profiles(
             flavour,
             w,
-            |n| apps.iter().copied().find(|a| a.metadata.name == n),
+            |n| apps.iter().find(|a| a.metadata.name == n),
             |p| {
                 apps.iter()
-                    .copied()
                     .filter(|a| a.spec.subordinate_to.iter().any(|s| s == p))
                     .collect()
             },

@@ -5,9 +5,9 @@
 use std::fmt;
 
 use crate::lxd::ProfileContent;
-use crate::resource::{Application, Kind, Life, ProfileNames, ResourceKey, Workload};
-use crate::store::Observed;
+use crate::resource::{Kind, Life, ProfileNames, ResourceKey, Workload};
 use crate::store::observed::{Claim, Stamp};
+use crate::store::{Observed, PreparedApp};
 
 use super::expected::{ExpectedError, expected_profiles, model_profile_content};
 
@@ -151,8 +151,8 @@ pub enum Decision {
 pub fn plan<'a>(
     flavour: Kind,
     workload: &Workload,
-    application: impl Fn(&str) -> Option<&'a Application>,
-    subordinates: impl Fn(&str) -> Vec<&'a Application>,
+    application: impl Fn(&str) -> Option<&'a PreparedApp>,
+    subordinates: impl Fn(&str) -> Vec<&'a PreparedApp>,
     observed: &Observed,
     names: &ProfileNames,
 ) -> Decision {
@@ -310,18 +310,18 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        let apps: Vec<&Application> = f
+        let apps: Vec<PreparedApp> = f
             .resources
             .iter()
             .filter_map(|r| match r {
-                Resource::Application(a) => Some(a),
+                Resource::Application(a) => Some(PreparedApp::from(a.clone())),
                 _ => None,
             })
             .collect();
         plan(
             flavour,
             w,
-            |n| apps.iter().copied().find(|a| a.metadata.name == n),
+            |n| apps.iter().find(|a| a.metadata.name == n),
             |_| Vec::new(),
             &f.observed,
             &ProfileNames::default(),

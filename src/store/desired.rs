@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::hash::{HashMap, HashSet};
 use crate::resource::{Application, Kind, ProfileNames, Resource, ResourceKey, Workload};
+use crate::store::PreparedApp;
 
 /// Maps keyed by an application's identity, namespace (model) and name, read with
 /// borrowed names: a lookup on the plan's path allocates nothing.
@@ -114,7 +115,7 @@ impl Workloads {
 
 #[derive(Debug, Default)]
 pub struct Desired {
-    apps: ByApp<Arc<Application>>,
+    apps: ByApp<Arc<PreparedApp>>,
     workloads: Workloads,
     by_app: ByApp<Keys>,
     by_instance: HashMap<Box<str>, Keys>,
@@ -235,7 +236,8 @@ impl Desired {
                         .get_or_default(ns, p)
                         .insert(name.to_string());
                 }
-                self.apps.insert(ns, name, Arc::new(a));
+                self.apps
+                    .insert(ns, name, Arc::new(PreparedApp::new(Arc::new(a))));
                 affected.extend(self.users_of(ns, name));
                 affected.sort();
                 affected.dedup();
@@ -432,7 +434,7 @@ impl Desired {
     }
 
     /// The subordinate applications of `principal` in `namespace`.
-    pub fn subordinates(&self, namespace: &str, principal: &str) -> Vec<&Arc<Application>> {
+    pub fn subordinates(&self, namespace: &str, principal: &str) -> Vec<&Arc<PreparedApp>> {
         self.subordinates_of
             .get(namespace, principal)
             .map(|names| {
@@ -444,7 +446,7 @@ impl Desired {
             .unwrap_or_default()
     }
 
-    pub fn application(&self, namespace: &str, name: &str) -> Option<&Arc<Application>> {
+    pub fn application(&self, namespace: &str, name: &str) -> Option<&Arc<PreparedApp>> {
         self.apps.get(namespace, name)
     }
 
@@ -457,7 +459,7 @@ impl Desired {
     }
 
     pub fn applications(&self) -> impl Iterator<Item = &Arc<Application>> {
-        self.apps.iter().map(|(_, _, a)| a)
+        self.apps.iter().map(|(_, _, a)| a.app())
     }
 
     /// Every resource key held, for a source to compute what went away.

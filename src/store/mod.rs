@@ -11,6 +11,7 @@ pub mod desired;
 pub mod lxd_feed;
 pub mod observed;
 pub mod packed;
+pub mod prepared;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +21,9 @@ pub use desired::Desired;
 pub use lxd_feed::LxdFeed;
 pub use observed::{OWNER_KEY, OWNER_VALUE, Object, Observed, ObservedProfile, Relisting};
 pub use packed::PackedContent;
+pub use prepared::PreparedApp;
 
-use crate::resource::{Application, Resource, ResourceKey, Workload};
+use crate::resource::{Resource, ResourceKey, Workload};
 
 /// The two truths, shared by the feeds (writers) and the workers (readers).
 #[derive(Debug)]
@@ -40,11 +42,11 @@ pub struct Store {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub workload: Arc<Workload>,
-    pub applications: Vec<Arc<Application>>,
+    pub applications: Vec<Arc<PreparedApp>>,
 }
 
 impl Snapshot {
-    pub fn application(&self, name: &str) -> Option<&Application> {
+    pub fn application(&self, name: &str) -> Option<&PreparedApp> {
         self.applications
             .iter()
             .find(|a| a.metadata.name == name)
@@ -52,7 +54,7 @@ impl Snapshot {
     }
 
     /// The subordinates of `principal` among the snapshot's applications.
-    pub fn subordinates(&self, principal: &str) -> Vec<&Application> {
+    pub fn subordinates(&self, principal: &str) -> Vec<&PreparedApp> {
         self.applications
             .iter()
             .filter(|a| a.spec.subordinate_to.iter().any(|p| p == principal))
@@ -165,13 +167,13 @@ impl Store {
     pub fn snapshot(&self, key: &ResourceKey) -> Option<Snapshot> {
         let d = self.desired();
         let workload = d.workload(key)?.clone();
-        let mut applications: Vec<Arc<Application>> = workload
+        let mut applications: Vec<Arc<PreparedApp>> = workload
             .spec
             .applications
             .iter()
             .filter_map(|a| d.application(&key.namespace, a).cloned())
             .collect();
-        let subordinates: Vec<Arc<Application>> = workload
+        let subordinates: Vec<Arc<PreparedApp>> = workload
             .spec
             .applications
             .iter()
