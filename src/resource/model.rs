@@ -67,21 +67,70 @@ impl fmt::Display for Kind {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceKey(Arc<KeyParts>);
 
-/// The parts of a `ResourceKey`, in the order keys sort by.
-#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The parts of a `ResourceKey`, in the order keys sort by, and their hash.
 pub struct KeyParts {
     pub kind: Kind,
     pub namespace: Box<str>,
     pub name: Box<str>,
+    /// Worked out once: a key is hashed by every map it is put in or looked up in (the
+    /// store's indexes, the queue, the status stages), and again each time a table
+    /// grows, when the strings of keys made long ago are out of the CPU's cache. The
+    /// seed is random per process, as the maps' own: collisions cannot be chosen.
+    hash: u64,
 }
+
+static KEY_HASHER: std::sync::LazyLock<foldhash::fast::RandomState> =
+    std::sync::LazyLock::new(Default::default);
 
 impl ResourceKey {
     pub fn new(kind: Kind, namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        let (namespace, name) = (namespace.as_ref(), name.as_ref());
         ResourceKey(Arc::new(KeyParts {
             kind,
-            namespace: namespace.as_ref().into(),
-            name: name.as_ref().into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            hash: std::hash::BuildHasher::hash_one(&*KEY_HASHER, (kind, namespace, name)),
         }))
+    }
+}
+
+impl PartialEq for KeyParts {
+    fn eq(&self, other: &KeyParts) -> bool {
+        // Different hashes: different keys, without reading the strings.
+        self.hash == other.hash
+            && self.kind == other.kind
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
+}
+
+impl Eq for KeyParts {}
+
+impl std::hash::Hash for KeyParts {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl Ord for KeyParts {
+    fn cmp(&self, other: &KeyParts) -> std::cmp::Ordering {
+        (self.kind, &self.namespace, &self.name).cmp(&(other.kind, &other.namespace, &other.name))
+    }
+}
+
+impl PartialOrd for KeyParts {
+    fn partial_cmp(&self, other: &KeyParts) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for KeyParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyParts")
+            .field("kind", &self.kind)
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish()
     }
 }
 
