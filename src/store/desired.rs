@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::hash::{HashMap, HashSet};
-use crate::resource::{Application, Kind, ProfileNames, Resource, ResourceKey, Workload};
+use crate::resource::{Kind, ProfileNames, Resource, ResourceKey, Workload};
 use crate::store::PreparedApp;
 
 /// Maps keyed by an application's identity, namespace (model) and name, read with
@@ -456,10 +456,6 @@ impl Desired {
 
     pub fn workloads(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<Workload>)> {
         self.workloads.iter()
-    }
-
-    pub fn applications(&self) -> impl Iterator<Item = &Arc<Application>> {
-        self.apps.iter().map(|(_, _, a)| a.app())
     }
 
     /// Every resource key held, for a source to compute what went away.

@@ -50,10 +50,6 @@ impl PreparedApp {
         PreparedApp { app, charm }
     }
 
-    pub fn app(&self) -> &Arc<Application> {
-        &self.app
-    }
-
     /// The charm profile this application needs, with its content as LXD must hold it
     /// (packed); `None` if it has no profile (or an empty one); `Err` with every rule it
     /// breaks if it breaks Juju's rules and is not forced.
