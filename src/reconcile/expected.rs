@@ -4,24 +4,37 @@ use crate::lxd::ProfileContent;
 use crate::resource::{Kind, LxdProfile, ProfileNames, Workload};
 use crate::store::{PackedContent, PreparedApp};
 
-/// A charm profile the instance needs: its name, and the application's profile it must
-/// hold (borrowed: a plan over the fleet copies no profile content; `content()` makes
-/// the owned copy a write needs).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A charm profile the instance needs: its name, and the application whose profile it
+/// must hold (borrowed: a plan over the fleet copies no profile content; `content()`
+/// makes the owned copy a write needs).
+#[derive(Clone, Debug)]
 pub struct CharmProfile<'a> {
     pub name: String,
-    pub profile: &'a LxdProfile,
-    /// The same content, packed as the observed state holds LXD's.
-    pub packed: &'a PackedContent,
+    app: &'a PreparedApp,
+    /// The content, packed as the observed state holds LXD's.
+    packed: &'a PackedContent,
     /// The application and revision it is made for (recorded on it).
     pub application: &'a str,
     pub revision: u64,
 }
 
+impl PartialEq for CharmProfile<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.name == other.name)
+            && std::ptr::eq(self.app, other.app)
+            && (self.application, self.revision) == (other.application, other.revision)
+    }
+}
+
+impl Eq for CharmProfile<'_> {}
+
 impl CharmProfile<'_> {
     /// The content the controller writes, owner key excluded.
     pub fn content(&self) -> ProfileContent {
-        charm_content(self.profile)
+        self.app
+            .lxd_profile()
+            .map(charm_content)
+            .unwrap_or_default()
     }
 
     /// Whether `content` (a profile in LXD, owner key excluded) is this one's.
@@ -73,7 +86,7 @@ pub fn model_profile_content() -> ProfileContent {
 /// order; duplicates dropped, the first kept.
 pub fn expected_profiles<'a>(
     flavour: Kind,
-    workload: &Workload,
+    workload: &'a Workload,
     application: impl Fn(&str) -> Option<&'a PreparedApp>,
     subordinates: impl Fn(&str) -> Vec<&'a PreparedApp>,
     names: &ProfileNames,
@@ -88,18 +101,20 @@ pub fn expected_profiles<'a>(
     let mut charm_profiles: Vec<CharmProfile<'a>> = Vec::new();
     // Each application in list order, each followed by its subordinates (Juju counts a
     // subordinate's unit on its principal's machine): right after the first principal.
-    let mut running: Vec<&'a PreparedApp> = Vec::new();
+    // Each with its name as the workload spells it (equal to the application's own, and
+    // already in the cache: a plan reads nothing of the application but its packed
+    // profile and revision).
+    let mut running: Vec<(&'a str, &'a PreparedApp)> = Vec::new();
     for app_name in &workload.spec.applications {
         let app = application(app_name)
             .ok_or_else(|| ExpectedError::MissingApplication(app_name.clone(), model.clone()))?;
-        running.push(app);
+        running.push((app_name, app));
         let mut subs = subordinates(app_name);
         subs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        running.extend(subs);
+        running.extend(subs.into_iter().map(|s| (s.metadata.name.as_str(), s)));
     }
-    for app in running {
-        let app_name = &app.metadata.name;
-        let (profile, packed) = match app.charm_profile() {
+    for (app_name, app) in running {
+        let packed = match app.charm_profile() {
             None => continue,
             Some(Ok(p)) => p,
             Some(Err(why)) => {
@@ -108,7 +123,7 @@ pub fn expected_profiles<'a>(
                 )));
             }
         };
-        let name = names.charm_profile(model, app_name, app.spec.revision);
+        let name = names.charm_profile(model, app_name, app.revision());
         if charm_profiles.iter().any(|c| c.name == name) {
             continue;
         }
@@ -116,10 +131,10 @@ pub fn expected_profiles<'a>(
         push_new(&mut list, name.clone());
         charm_profiles.push(CharmProfile {
             name,
-            profile,
+            app,
             packed,
             application: app_name,
-            revision: app.spec.revision,
+            revision: app.revision(),
         });
     }
     Ok(ExpectedProfiles {

@@ -150,7 +150,7 @@ pub enum Decision {
 /// Plans one Machine or Container against the observed state.
 pub fn plan<'a>(
     flavour: Kind,
-    workload: &Workload,
+    workload: &'a Workload,
     application: impl Fn(&str) -> Option<&'a PreparedApp>,
     subordinates: impl Fn(&str) -> Vec<&'a PreparedApp>,
     observed: &Observed,

@@ -13,6 +13,9 @@ use crate::store::PackedContent;
 #[derive(Debug)]
 pub struct PreparedApp {
     app: Arc<Application>,
+    /// The application's revision, beside the packed content: a plan reads both and
+    /// nothing else of the application.
+    revision: u64,
     charm: Charm,
 }
 
@@ -47,18 +50,31 @@ impl PreparedApp {
                 }
             }
         };
-        PreparedApp { app, charm }
+        PreparedApp {
+            revision: app.spec.revision,
+            app,
+            charm,
+        }
     }
 
-    /// The charm profile this application needs, with its content as LXD must hold it
-    /// (packed); `None` if it has no profile (or an empty one); `Err` with every rule it
-    /// breaks if it breaks Juju's rules and is not forced.
-    pub fn charm_profile(&self) -> Option<Result<(&LxdProfile, &PackedContent), &str>> {
+    /// The charm profile this application needs, as LXD must hold it (packed); `None` if
+    /// it has no profile (or an empty one); `Err` with every rule it breaks if it breaks
+    /// Juju's rules and is not forced.
+    pub fn charm_profile(&self) -> Option<Result<&PackedContent, &str>> {
         match &self.charm {
             Charm::None => None,
             Charm::Breaks(why) => Some(Err(why)),
-            Charm::Packed(packed) => self.app.spec.lxd_profile.as_ref().map(|p| Ok((p, packed))),
+            Charm::Packed(packed) => Some(Ok(packed)),
         }
+    }
+
+    /// The profile as the application spells it (for a write).
+    pub fn lxd_profile(&self) -> Option<&LxdProfile> {
+        self.app.spec.lxd_profile.as_ref()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 }
 
