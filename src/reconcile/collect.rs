@@ -70,9 +70,9 @@ pub fn collect(
                         && namespace.is_none_or(|ns| names.parse_charm_profile(name, ns).is_some())
                 }
             };
-            p.owned && p.used_by.is_empty() && !expected.contains(name.as_str()) && ours
+            p.owned && p.used_by.is_empty() && !expected.contains(*name) && ours
         })
-        .map(|(name, _)| name.clone())
+        .map(|(name, _)| name.to_string())
         .collect();
     doomed.sort();
     Cleanup {

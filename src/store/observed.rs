@@ -205,7 +205,7 @@ pub struct Observed {
     instances: HashMap<Arc<str>, Box<[Arc<str>]>>,
     /// The claims recorded on instances.
     claims: HashMap<Arc<str>, Claim>,
-    profiles: HashMap<String, ObservedProfile>,
+    profiles: HashMap<Arc<str>, ObservedProfile>,
     listed: bool,
     /// Events our own writes will cause: they need no read-back (the write already
     /// updated this cache).
@@ -304,7 +304,7 @@ impl Observed {
         let instances = &self.instances;
         let listed = |i: &str| relisting.instances_done && instances.contains_key(i);
         let (name, mut op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names, listed);
-        if let Some(old) = self.profiles.get_mut(&name) {
+        if let Some(old) = self.profiles.get_mut(&*name) {
             // Its users from the instances' lists are already right (`list_instance`);
             // those from the last listing's `used_by` are replaced by this one's.
             let mut used_by = std::mem::take(&mut old.used_by);
@@ -317,7 +317,7 @@ impl Observed {
             op.used_by = used_by;
             *old = op;
         } else {
-            self.profiles.insert(name, op);
+            self.profiles.insert(self.names.get(&name), op);
         }
     }
 
@@ -325,7 +325,7 @@ impl Observed {
     /// listed instance counts as a user of each profile on its list.
     pub fn profiles_listed(&mut self, relisting: Relisting) {
         self.profiles
-            .retain(|name, _| relisting.profiles.contains(name.as_str()));
+            .retain(|name, _| relisting.profiles.contains(&**name));
         for (instance, list) in &self.instances {
             for p in list.iter() {
                 if let Some(op) = self.profiles.get_mut(&**p)
@@ -410,8 +410,8 @@ impl Observed {
         self.profiles.get(name)
     }
 
-    pub fn profiles(&self) -> impl Iterator<Item = (&String, &ObservedProfile)> {
-        self.profiles.iter()
+    pub fn profiles(&self) -> impl Iterator<Item = (&str, &ObservedProfile)> {
+        self.profiles.iter().map(|(n, p)| (&**n, p))
     }
 
     pub fn instance_count(&self) -> usize {
@@ -436,7 +436,7 @@ impl Observed {
         }
         for p in profiles {
             if !had(p)
-                && let Some(op) = self.profiles.get_mut(p)
+                && let Some(op) = self.profiles.get_mut(p.as_str())
             {
                 op.used_by.insert(name.clone());
             }
@@ -468,7 +468,7 @@ impl Observed {
             .map(|p| p.used_by)
             .unwrap_or_default();
         self.profiles.insert(
-            name.to_string(),
+            self.names.get(name),
             ObservedProfile {
                 content: PackedContent::of(&content),
                 stamp,
@@ -481,7 +481,7 @@ impl Observed {
     /// A profile read from LXD (an event or a GET).
     pub fn put_lxd_profile(&mut self, p: Profile) {
         let (name, op) = ObservedProfile::from_lxd(p, &self.owner, &mut self.names, |_| false);
-        self.profiles.insert(name, op);
+        self.profiles.insert(self.names.get(&name), op);
     }
 
     pub fn remove_profile(&mut self, name: &str) {
