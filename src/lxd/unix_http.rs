@@ -59,13 +59,26 @@ const SMALL_BODY: usize = 64 * 1024;
 pub struct Pool {
     socket: PathBuf,
     idle: Mutex<Vec<Conn>>,
+    /// Writes in flight at once: at most one per core of the host, which is the daemon's
+    /// (its socket is local). A write keeps a core of LXD busy for its whole time (the
+    /// database, the instance's files); more at once than it has cores only makes them
+    /// wait on each other's locks: on 2 cores, 4 list writes at a time took 3-4% longer
+    /// over 200 instances than 2 at a time, with a longer tail of stalls. Reads are not
+    /// held back.
+    writes: tokio::sync::Semaphore,
 }
 
 impl Pool {
     pub fn new(socket: PathBuf) -> Pool {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Pool::with_writes(socket, cores)
+    }
+
+    fn with_writes(socket: PathBuf, writes: usize) -> Pool {
         Pool {
             socket,
             idle: Mutex::new(Vec::new()),
+            writes: tokio::sync::Semaphore::new(writes.max(1)),
         }
     }
 
@@ -154,6 +167,11 @@ async fn exchange_now(
     if_match: Option<&str>,
 ) -> Result<Answer, Failure> {
     let request = encode_request(method, path_and_query, body.as_deref(), if_match)?;
+    // Never closed: `None` would only mean no limit.
+    let _write = match *method {
+        Method::GET => None,
+        _ => pool.writes.acquire().await.ok(),
+    };
     // An idle connection first. One the daemon closed just before the request went out
     // refuses the write (a Unix socket whose peer is gone takes nothing): the request
     // goes on a new connection then. A request that went out and got no answer is not
@@ -748,6 +766,94 @@ mod tests {
         )
         .await;
         assert!(matches!(got, Err(Failure::Timeout)));
+    }
+
+    /// Until `done` holds; fails the test after 5 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_in_flight_are_held_to_the_limit_and_reads_are_not() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lxd.socket");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Requests read so far; a write is answered only once the test releases it.
+        let seen = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (s, r) = (Arc::clone(&seen), Arc::clone(&release));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(k @ 1..) = stream.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..k]);
+                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let write = !seen.starts_with(b"GET ");
+                        // The body ("{}") came with the head: this test's requests are tiny.
+                        seen.drain(..(end + 4 + if write { 2 } else { 0 }).min(seen.len()));
+                        s.fetch_add(1, Ordering::SeqCst);
+                        if write {
+                            r.acquire().await.unwrap().forget();
+                        }
+                        if stream.write_all(OK).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Arc::new(Pool::with_writes(path, 2));
+        let write = |pool: &Arc<Pool>| {
+            let pool = Arc::clone(pool);
+            tokio::spawn(async move {
+                let body = Some(b"{}".to_vec());
+                let timeout = Duration::from_secs(10);
+                exchange(
+                    &pool,
+                    Method::PATCH,
+                    "/1.0/instances/i",
+                    body,
+                    None,
+                    timeout,
+                )
+                .await
+            })
+        };
+        let writes: Vec<_> = (0..3).map(|_| write(&pool)).collect();
+        let count = || seen.load(Ordering::SeqCst);
+        until("two writes at the daemon", || count() == 2).await;
+        // A read goes out while both writes are held; the third write has not.
+        let read = exchange(
+            &pool,
+            Method::GET,
+            "/1.0",
+            None,
+            None,
+            Duration::from_secs(5),
+        );
+        assert_eq!(read.await.ok().expect("an answer").status, 200);
+        assert_eq!(count(), 3, "two writes and the read, not the third write");
+        // One write answered: the third goes out.
+        release.add_permits(1);
+        until("the third write at the daemon", || count() == 4).await;
+        release.add_permits(2);
+        for w in writes {
+            let answer = w.await.unwrap().ok().expect("every write answered");
+            assert_eq!(answer.status, 200);
+        }
     }
 
     #[tokio::test]
