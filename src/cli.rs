@@ -250,7 +250,8 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     pub listen: String,
-    /// Resources reconciled at once.
+    /// Resources reconciled at once. Writes to a local LXD (its Unix socket) are also
+    /// held to one per core of the host: more at once only wait on each other there.
     #[arg(long, env = "LXD_MUTATER_WORKERS", default_value_t = 4)]
     pub workers: usize,
     /// Full relisting of LXD and re-check of every resource (30s, 5m, 1h), with jitter.

@@ -162,12 +162,6 @@ impl PackedContent {
     }
 }
 
-impl From<&ProfileContent> for PackedContent {
-    fn from(c: &ProfileContent) -> PackedContent {
-        PackedContent::of(c)
-    }
-}
-
 impl PartialEq<ProfileContent> for PackedContent {
     fn eq(&self, c: &ProfileContent) -> bool {
         self.is(c)
