@@ -38,6 +38,11 @@ APP_CONTENT = {
 }
 
 
+# The most a per-resource figure may grow from N to 100N and still count as flat (issue 15;
+# benches/scale.rs says the same).
+SCALE_FLAT = 1.3
+
+
 def log(*a):
     print("bench:", *a, file=sys.stderr, flush=True)
 
@@ -866,6 +871,16 @@ def report(results, floor_s):
         print("|---|---|---|---|")
         for s in results["scale"]:
             print(f"| {s.get('n')} | {s.get('plan_ns_per_resource', 0):.0f} ns | {s.get('index_ns_per_resource', 0):.0f} ns | {s.get('bytes_per_resource', 0):.0f} B |")
+        first, last = results["scale"][0], results["scale"][-1]
+        if len(results["scale"]) > 1:
+            ratios = {what: last.get(key, 0) / (first.get(key) or 1) for what, key in (
+                ("plan", "plan_ns_per_resource"), ("index", "index_ns_per_resource"),
+                ("memory", "bytes_per_resource"))}
+            growing = [w for w, r in ratios.items() if r > SCALE_FLAT]
+            print(f"\nFrom {first.get('n')} to {last.get('n')}: "
+                  + ", ".join(f"{w} {r:.2f}x" for w, r in ratios.items())
+                  + (f"; NOT flat within {SCALE_FLAT}x: {', '.join(growing)}" if growing
+                     else f"; flat within {SCALE_FLAT}x"))
 
 
 if __name__ == "__main__":
