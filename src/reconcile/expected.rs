@@ -18,16 +18,6 @@ pub struct CharmProfile<'a> {
     pub revision: u64,
 }
 
-impl PartialEq for CharmProfile<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.name == other.name)
-            && std::ptr::eq(self.app, other.app)
-            && (self.application, self.revision) == (other.application, other.revision)
-    }
-}
-
-impl Eq for CharmProfile<'_> {}
-
 impl CharmProfile<'_> {
     /// The content the controller writes, owner key excluded.
     pub fn content(&self) -> ProfileContent {
@@ -44,7 +34,7 @@ impl CharmProfile<'_> {
 }
 
 /// The instance's expected profile list, in order, and what it needs to exist.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ExpectedProfiles<'a> {
     pub list: Vec<String>,
     /// The model profile, for a Machine (`juju-{model}`): created if missing.

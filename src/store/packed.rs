@@ -131,15 +131,10 @@ impl PackedContent {
         PackedContent::of_parts(&c.description, &c.config, &c.devices)
     }
 
-    /// Whether this is exactly the content made of these parts; reads the buffer once,
-    /// allocates nothing.
-    pub fn holds(&self, description: &str, config: &Config, devices: &Devices) -> bool {
-        let mut r = Reader(&self.0);
-        walk(description, config, devices, |t| r.takes(t)) && r.0.is_empty()
-    }
-
+    /// Whether this is exactly `c`; reads the buffer once, allocates nothing.
     pub fn is(&self, c: &ProfileContent) -> bool {
-        self.holds(&c.description, &c.config, &c.devices)
+        let mut r = Reader(&self.0);
+        walk(&c.description, &c.config, &c.devices, |t| r.takes(t)) && r.0.is_empty()
     }
 
     /// The content as maps again.

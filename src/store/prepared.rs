@@ -12,6 +12,9 @@ use crate::store::PackedContent;
 
 #[derive(Debug)]
 pub struct PreparedApp {
+    /// Apart, not inline: what a plan reads (revision, packed content) then shares one
+    /// cache line instead of trailing a few hundred bytes of application (inline measured
+    /// slower at 20,000 machines).
     app: Arc<Application>,
     /// The application's revision, beside the packed content: a plan reads both and
     /// nothing else of the application.
