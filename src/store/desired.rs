@@ -264,7 +264,14 @@ impl Desired {
                 for p in &w.spec.extra_profiles {
                     index_insert(&mut self.by_extra_profile, p, &key);
                 }
-                *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
+                // Counted in place when the namespace is known: its name is copied (an
+                // allocation) once per namespace, not once per resource.
+                match self.namespaces.get_mut(&*key.namespace) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.namespaces.insert(key.namespace.clone(), 1);
+                    }
+                }
                 self.workloads.insert(key.clone(), Arc::new(w));
                 affected.extend(self.sharing_instance(&key));
                 affected.push(key);
