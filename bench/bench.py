@@ -190,11 +190,11 @@ def free_port():
 
 
 class Controller:
-    def __init__(self, project, resources_dir, workers, resync="1h"):
+    def __init__(self, project, resources_dir, workers, resync="1h", binary=BIN):
         self.port = free_port()
         self.state = tempfile.mkdtemp(prefix="lxdm-bench-state-")
         self.proc = subprocess.Popen(
-            [BIN, "run", "--resources", resources_dir, "--state-dir", self.state,
+            [binary, "run", "--resources", resources_dir, "--state-dir", self.state,
              "--lxd-project", project, "--listen", f"127.0.0.1:{self.port}",
              "--workers", str(workers), "--resync", resync, "--log-level", "warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -523,13 +523,13 @@ class Monitor:
         self.proc.wait()
 
 
-def controller_upgrade(project, res_dir, res_file, n, rev, workers):
-    """The controller, started on resources at `rev` and settled, then the resources at
-    rev + 1: the time to the last PATCH and the DELETE, the controller's CPU per instance,
-    and the LXD requests it sent meanwhile."""
+def controller_upgrade(project, res_dir, res_file, n, rev, workers, binary=BIN):
+    """The controller (`binary`), started on resources at `rev` and settled, then the
+    resources at rev + 1: the time to the last PATCH and the DELETE, the controller's CPU
+    per instance, and the LXD requests it sent meanwhile."""
     write_atomic(res_file, resources_yaml(n, rev))
     monitor = Monitor(project.name)
-    ctl = Controller(project.name, res_dir, workers=workers)
+    ctl = Controller(project.name, res_dir, workers=workers, binary=binary)
     try:
         settled(ctl, n)
         before = ctl.metrics()
@@ -550,6 +550,39 @@ def controller_upgrade(project, res_dir, res_file, n, rev, workers):
     lists = Lxd(project.name).profiles_of_all()
     assert all(lists[i] == expected(rev + 1) for i in project.instances), "upgrade incomplete"
     return took, cpu_ms, sent
+
+
+def against(project, res_dir, res_file, n, other, pairs, rev=1):
+    """Pairs of upgrades by this build and by `other`, which goes first alternating from
+    pair to pair, each upgrade followed at once by the 2-connection floor on the same
+    instances: per build, each upgrade's ratio to the floor after it and its CPU."""
+    builds = {"this": BIN, "other": other}
+    runs = {name: [] for name in builds}
+    for k in range(pairs):
+        order = ["this", "other"] if k % 2 == 0 else ["other", "this"]
+        for name in order:
+            took, cpu_ms, sent = controller_upgrade(project, res_dir, res_file, n, rev, 4, builds[name])
+            rev += 1
+            f2, _ = floor(project.name, project.instances, rev, rev + 1, connections=2)
+            rev += 1
+            lists = Lxd(project.name).profiles_of_all()
+            assert all(lists[i] == expected(rev) for i in project.instances), "the floor incomplete"
+            runs[name].append({"controller_s": took, "floor2_s": f2, "ratio": took / f2,
+                               "cpu_ms_per_instance": cpu_ms, "requests": sent})
+            log(f"pair {k + 1}, {name} build: {took:.2f} s, floor {f2:.2f} s: {took / f2:.3f}x, "
+                f"{cpu_ms:.2f} ms CPU per instance, {sent:.0f} requests")
+    return {"other_binary": other, "pairs": pairs, "runs": runs}
+
+
+def report_against(ab):
+    print(f"\n### This build against {ab['other_binary']}: {ab['pairs']} alternating pairs of upgrades "
+          "(--workers 4), each followed by the 2-connection floor\n")
+    print("| build | ratios to the floor | median | CPU per instance (median) |")
+    print("|---|---|---|---|")
+    for name, runs in ab["runs"].items():
+        ratios = [r["ratio"] for r in runs]
+        cpu = statistics.median(r["cpu_ms_per_instance"] for r in runs)
+        print(f"| {name} | {', '.join(f'{x:.3f}' for x in ratios)} | {statistics.median(ratios):.3f}x | {cpu:.2f} ms |")
 
 
 def full_loop(n):
@@ -586,6 +619,13 @@ def main():
                     help="resources of the full loop on the in-memory LXD (100000; 0: skip it)")
     ap.add_argument("--full-loop-only", action="store_true",
                     help="run only the full loop (no LXD needed) and merge it into the JSON")
+    ap.add_argument("--against", metavar="BIN",
+                    help="only an alternating comparison with another build of lxd-mutater: after the "
+                         "converge, --pairs pairs of upgrades (--workers 4), this build's and BIN's in "
+                         "alternating order, each followed by the 2-connection floor; prints each "
+                         "build's ratios and CPU, and their medians (on a shared host, the only sound "
+                         "way to say one build is faster)")
+    ap.add_argument("--pairs", type=int, default=6, help="pairs of upgrades for --against (6)")
     args = ap.parse_args()
     if args.full_loop_only:
         results = {}
@@ -604,6 +644,8 @@ def main():
     steady_window = 12 if args.quick else 60
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: run `cargo build --release` (make bench does)")
+    if args.against and not os.access(args.against, os.X_OK):
+        sys.exit(f"--against {args.against}: not an executable file")
     results = {"instances": n, "rows": [], "controller": {}}
     rows = results["rows"]
     res_dir = tempfile.mkdtemp(prefix="lxdm-bench-res-")
@@ -623,6 +665,16 @@ def main():
         results["controller"]["initial_converge_s"] = t_initial
         results["controller"]["initial_requests"] = req_initial
         log(f"initial converge: {t_initial:.2f} s, {req_initial:.0f} requests")
+        if args.against:
+            ctl.stop()
+            results["against"] = against(project, res_dir, res_file, n, args.against, args.pairs)
+            report_against(results["against"])
+            os.makedirs(os.path.dirname(args.json), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+            log("figures written to", args.json)
+            shutil.rmtree(res_dir, ignore_errors=True)
+            return
 
         # 2. Upgrade, for each --workers value.
         rev = 1
