@@ -58,8 +58,10 @@ struct Writer {
 #[derive(Default)]
 struct Pending {
     /// Per key: its sequence number, the resource it describes (`None`: an object that
-    /// does not load), and the status.
-    statuses: HashMap<ResourceKey, (u64, Option<Arc<Workload>>, Status)>,
+    /// does not load), and the status. Shared, not copied, into the writer's batch: a
+    /// status is a dozen allocations, and copying and freeing it took half the writer's
+    /// CPU in the full loop.
+    statuses: HashMap<ResourceKey, (u64, Option<Arc<Workload>>, Arc<Status>)>,
     next: u64,
     closed: bool,
     /// Flushes waiting: the writer stores at once, without gathering.
@@ -316,7 +318,8 @@ impl Writer {
         p.next += 1;
         let seq = p.next;
         let idle = p.statuses.is_empty();
-        p.statuses.insert(key.clone(), (seq, workload, status));
+        p.statuses
+            .insert(key.clone(), (seq, workload, Arc::new(status)));
         drop(p);
         // Only an idle writer waits for a status; one gathering a batch looks for
         // more every `QUIET` (a wake per status cost a context switch each).
@@ -382,7 +385,7 @@ impl Writer {
     /// counted each time and logged once while the store keeps failing; the status stays
     /// pending (LXD keeps being reconciled meanwhile).
     fn write_pending(&self) -> bool {
-        let batch: Vec<(ResourceKey, u64, Option<Arc<Workload>>, Status)> = self
+        let batch: Vec<(ResourceKey, u64, Option<Arc<Workload>>, Arc<Status>)> = self
             .lock()
             .statuses
             .iter()
