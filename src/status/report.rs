@@ -57,15 +57,22 @@ struct Writer {
 
 #[derive(Default)]
 struct Pending {
-    /// Per key: its sequence number, the resource it describes (`None`: an object that
-    /// does not load), and the status. Shared, not copied, into the writer's batch: a
-    /// status is a dozen allocations, and copying and freeing it took half the writer's
-    /// CPU in the full loop.
-    statuses: HashMap<ResourceKey, (u64, Option<Arc<Workload>>, Arc<Status>)>,
+    statuses: HashMap<ResourceKey, Decided>,
     next: u64,
     closed: bool,
     /// Flushes waiting: the writer stores at once, without gathering.
     hurry: usize,
+}
+
+/// A status decided for a key and not yet stored: its sequence number, the resource it
+/// describes (`None`: an object that does not load), and the status. Cloned into the
+/// writer's batch by sharing: a status is a dozen allocations, and copying and freeing
+/// them took half the writer's CPU in the full loop.
+#[derive(Clone)]
+struct Decided {
+    seq: u64,
+    workload: Option<Arc<Workload>>,
+    status: Arc<Status>,
 }
 
 impl Reporter {
@@ -102,8 +109,8 @@ impl Reporter {
     fn with_last<R>(&self, key: &ResourceKey, f: impl FnOnce(Option<&Status>) -> R) -> R {
         {
             let pending = self.writer.lock();
-            if let Some((_, _, s)) = pending.statuses.get(key) {
-                return f(Some(s));
+            if let Some(d) = pending.statuses.get(key) {
+                return f(Some(&d.status));
             }
         }
         let mut f = Some(f);
@@ -318,8 +325,12 @@ impl Writer {
         p.next += 1;
         let seq = p.next;
         let idle = p.statuses.is_empty();
-        p.statuses
-            .insert(key.clone(), (seq, workload, Arc::new(status)));
+        let decided = Decided {
+            seq,
+            workload,
+            status: Arc::new(status),
+        };
+        p.statuses.insert(key.clone(), decided);
         drop(p);
         // Only an idle writer waits for a status; one gathering a batch looks for
         // more every `QUIET` (a wake per status cost a context switch each).
@@ -385,28 +396,28 @@ impl Writer {
     /// counted each time and logged once while the store keeps failing; the status stays
     /// pending (LXD keeps being reconciled meanwhile).
     fn write_pending(&self) -> bool {
-        let batch: Vec<(ResourceKey, u64, Option<Arc<Workload>>, Arc<Status>)> = self
+        let batch: Vec<(ResourceKey, Decided)> = self
             .lock()
             .statuses
             .iter()
-            .map(|(k, (seq, w, s))| (k.clone(), *seq, w.clone(), s.clone()))
+            .map(|(k, d)| (k.clone(), d.clone()))
             .collect();
         let mut all = true;
-        for (key, seq, workload, status) in batch {
+        for (key, d) in batch {
             let _io = self.io.lock().unwrap_or_else(PoisonError::into_inner);
             // Forgotten meanwhile, or superseded (the next batch has the newer one).
-            if self.lock().statuses.get(&key).map(|p| p.0) != Some(seq) {
+            if self.lock().statuses.get(&key).map(|p| p.seq) != Some(d.seq) {
                 continue;
             }
             let object = || {
-                workload
+                d.workload
                     .as_ref()
-                    .map_or(serde_json::Value::Null, |w| object(&key, w, &status))
+                    .map_or(serde_json::Value::Null, |w| object(&key, w, &d.status))
             };
-            match self.store.write(&key, &object, &status) {
+            match self.store.write(&key, &object, &d.status) {
                 Ok(_) => {
                     let mut p = self.lock();
-                    if p.statuses.get(&key).is_some_and(|(s, ..)| *s == seq) {
+                    if p.statuses.get(&key).is_some_and(|p| p.seq == d.seq) {
                         p.statuses.remove(&key);
                     }
                 }
