@@ -3,7 +3,7 @@
 //! user's files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::hash::{HashMap, HashSet};
 use crate::resource::{Kind, ResourceKey, Status};
@@ -64,9 +64,9 @@ pub struct StatusFiles {
 #[derive(Debug, Default)]
 struct State {
     /// Per key, the status in its file.
-    written: HashMap<ResourceKey, Status>,
+    written: HashMap<ResourceKey, Arc<Status>>,
     /// Per key, the status in its shadow, not yet swapped in.
-    staged: HashMap<ResourceKey, Status>,
+    staged: HashMap<ResourceKey, Arc<Status>>,
     /// Directories with an entry swapped or renamed since their last fsync.
     unsynced: HashSet<PathBuf>,
 }
@@ -79,7 +79,7 @@ impl StatusFiles {
         let mut written = HashMap::default();
         for obj in read_all(dir) {
             if let Some((key, status)) = key_and_status(&obj) {
-                written.insert(key, status);
+                written.insert(key, Arc::new(status));
             }
         }
         // A shadow is kept (it is never read, only rewritten whole before a swap) unless
@@ -132,7 +132,7 @@ impl StatusFiles {
 impl State {
     /// The status last handed to `write` for `key`: staged, else in its file.
     fn last(&self, key: &ResourceKey) -> Option<&Status> {
-        self.staged.get(key).or_else(|| self.written.get(key))
+        (self.staged.get(key).or_else(|| self.written.get(key))).map(|s| &**s)
     }
 }
 
@@ -149,9 +149,9 @@ impl StatusStore for StatusFiles {
         &self,
         key: &ResourceKey,
         object: &dyn Fn() -> serde_json::Value,
-        status: &Status,
+        status: &Arc<Status>,
     ) -> std::io::Result<bool> {
-        if self.lock().last(key) == Some(status) {
+        if self.lock().last(key) == Some(&**status) {
             return Ok(false);
         }
         let text = serde_saphyr::to_string(&object()).map_err(std::io::Error::other)?;
@@ -338,6 +338,13 @@ mod tests {
             "metadata": {"name": "0", "namespace": "m"}, "spec": {}, "status": status})
     }
 
+    /// `files.write` of Machine m/0 with `status`.
+    fn put(files: &StatusFiles, key: &ResourceKey, status: &Status) -> bool {
+        files
+            .write(key, &|| obj(status), &Arc::new(status.clone()))
+            .unwrap()
+    }
+
     #[test]
     fn an_unchanged_status_is_not_written_again_and_survives_a_reopen() {
         let d = tempfile::tempdir().unwrap();
@@ -345,9 +352,8 @@ mod tests {
         let key = ResourceKey::new(Kind::Machine, "m", "0");
         let status = status("default");
         assert_eq!(status.phase, Phase::Applied);
-        let obj = obj(&status);
-        assert!(files.write(&key, &|| obj.clone(), &status).unwrap());
-        assert!(!files.write(&key, &|| obj.clone(), &status).unwrap());
+        assert!(put(&files, &key, &status));
+        assert!(!put(&files, &key, &status));
         assert!(
             !d.path().join("m/machines/0.yaml").exists(),
             "visible only once synced"
@@ -364,8 +370,8 @@ mod tests {
         let files = StatusFiles::open(d.path()).unwrap();
         let key = ResourceKey::new(Kind::Machine, "m", "0");
         let (a, b) = (status("a"), status("b"));
-        assert!(files.write(&key, &|| obj(&a), &a).unwrap());
-        assert!(files.write(&key, &|| obj(&b), &b).unwrap());
+        assert!(put(&files, &key, &a));
+        assert!(put(&files, &key, &b));
         assert_eq!(
             files.get(&key),
             Some(b.clone()),
@@ -396,10 +402,10 @@ mod tests {
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         // A longer status first, so the rewrite in place must also cut the old tail.
         let (long, short) = (status("a-rather-long-profile-name"), status("b"));
-        files.write(&key, &|| obj(&long), &long).unwrap();
+        put(&files, &key, &long);
         files.sync().unwrap();
         let first = read("0.yaml");
-        files.write(&key, &|| obj(&short), &short).unwrap();
+        put(&files, &key, &short);
         files.sync().unwrap();
         assert_eq!(
             read("0.yaml"),
@@ -410,7 +416,7 @@ mod tests {
             first,
             "the shadow holds the previous status"
         );
-        files.write(&key, &|| obj(&long), &long).unwrap();
+        put(&files, &key, &long);
         files.sync().unwrap();
         assert_eq!(
             read("0.yaml"),

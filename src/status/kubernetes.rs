@@ -210,14 +210,16 @@ impl StatusStore for KubeStatus {
         &self,
         key: &ResourceKey,
         _object: &dyn Fn() -> serde_json::Value,
-        status: &Status,
+        status: &Arc<Status>,
     ) -> std::io::Result<bool> {
-        if self.get(key).as_ref() == Some(status) {
+        if self.get(key).as_ref() == Some(&**status) {
             return Ok(false);
         }
+        // Copied: the status travels on to the API server and back in this store's
+        // own records.
         lock(&self.state)
             .pending
-            .insert(key.clone(), status.clone());
+            .insert(key.clone(), Status::clone(status));
         // The writer lives as long as the process; a send after it is gone is moot.
         let _ = self.tx.send(Job::Status(key.clone()));
         Ok(true)

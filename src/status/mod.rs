@@ -21,6 +21,8 @@ pub use decide::{ERROR_PREFIX, Outcome, decide, spec_hash};
 pub use health::Health;
 pub use report::Reporter;
 
+use std::sync::Arc;
+
 use crate::resource::{ResourceKey, Status};
 
 /// Where statuses are kept: files under the state directory, or the status subresource
@@ -39,12 +41,13 @@ pub trait StatusStore: Send + Sync {
     }
     /// Stores `status` unless it equals the one stored. `object` makes the whole
     /// resource with that status, for stores that keep whole objects (called only for a
-    /// status that is stored). Returns whether it stored.
+    /// status that is stored). Returns whether it stored. The status is shared: a store
+    /// that keeps it keeps the `Arc`, not a copy (a dozen allocations per status).
     fn write(
         &self,
         key: &ResourceKey,
         object: &dyn Fn() -> serde_json::Value,
-        status: &Status,
+        status: &Arc<Status>,
     ) -> std::io::Result<bool>;
     /// The resource is no longer managed.
     fn remove(&self, key: &ResourceKey);
@@ -70,7 +73,7 @@ pub trait StatusStore: Send + Sync {
     fn tell_valid(&self, _key: &ResourceKey) {}
 }
 
-impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
+impl<T: StatusStore + ?Sized> StatusStore for Arc<T> {
     fn with_status(&self, key: &ResourceKey, f: &mut dyn FnMut(Option<&Status>)) {
         (**self).with_status(key, f)
     }
@@ -78,7 +81,7 @@ impl<T: StatusStore + ?Sized> StatusStore for std::sync::Arc<T> {
         &self,
         key: &ResourceKey,
         object: &dyn Fn() -> serde_json::Value,
-        status: &Status,
+        status: &Arc<Status>,
     ) -> std::io::Result<bool> {
         (**self).write(key, object, status)
     }

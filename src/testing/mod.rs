@@ -21,7 +21,7 @@ use crate::store::{OWNER_KEY, OWNER_VALUE};
 /// Statuses kept in memory; counts the writes it was asked for and the ones it made.
 #[derive(Default)]
 pub struct MemStatus {
-    statuses: Mutex<HashMap<ResourceKey, Status>>,
+    statuses: Mutex<HashMap<ResourceKey, Arc<Status>>>,
     pub written: std::sync::atomic::AtomicUsize,
     /// Refuse every write, as a full disk does.
     pub full: std::sync::atomic::AtomicBool,
@@ -33,13 +33,14 @@ impl StatusStore for MemStatus {
             .statuses
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(key))
+            .get(key)
+            .map(|s| &**s))
     }
     fn write(
         &self,
         key: &ResourceKey,
         _object: &dyn Fn() -> serde_json::Value,
-        status: &Status,
+        status: &Arc<Status>,
     ) -> std::io::Result<bool> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("No space left on device"));
