@@ -132,7 +132,10 @@ impl StatusFiles {
 impl State {
     /// The status last handed to `write` for `key`: staged, else in its file.
     fn last(&self, key: &ResourceKey) -> Option<&Status> {
-        (self.staged.get(key).or_else(|| self.written.get(key))).map(|s| &**s)
+        self.staged
+            .get(key)
+            .or_else(|| self.written.get(key))
+            .map(|s| &**s)
     }
 }
 
