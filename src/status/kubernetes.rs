@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::backoff::BackoffConfig;
 use crate::leader::WriteFence;
-use crate::resource::{Phase, ResourceKey, Status};
+use crate::resource::{Phase, ResourceKey, Status, Workload};
 
 use super::StatusStore;
 use super::decide::{ERROR_PREFIX, bounded, is_invalid_spec};
@@ -209,7 +209,7 @@ impl StatusStore for KubeStatus {
     fn write(
         &self,
         key: &ResourceKey,
-        _object: &dyn Fn() -> serde_json::Value,
+        _workload: Option<&Workload>,
         status: &Arc<Status>,
     ) -> std::io::Result<bool> {
         if self.get(key).as_ref() == Some(&**status) {

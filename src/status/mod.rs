@@ -23,7 +23,7 @@ pub use report::Reporter;
 
 use std::sync::Arc;
 
-use crate::resource::{ResourceKey, Status};
+use crate::resource::{ResourceKey, Status, Workload};
 
 /// Where statuses are kept: files under the state directory, or the status subresource
 /// of the Kubernetes objects. A store persists what it is given, and only when it differs
@@ -39,14 +39,14 @@ pub trait StatusStore: Send + Sync {
         self.with_status(key, &mut |s| copy = s.cloned());
         copy
     }
-    /// Stores `status` unless it equals the one stored. `object` makes the whole
-    /// resource with that status, for stores that keep whole objects (called only for a
-    /// status that is stored). Returns whether it stored. The status is shared: a store
-    /// that keeps it keeps the `Arc`, not a copy (a dozen allocations per status).
+    /// Stores `status` unless it equals the one stored. `workload` is the resource it
+    /// describes (`None`: an object that does not load), for stores that keep whole
+    /// objects. Returns whether it stored. The status is shared: a store that keeps it
+    /// keeps the `Arc`, not a copy (a dozen allocations per status).
     fn write(
         &self,
         key: &ResourceKey,
-        object: &dyn Fn() -> serde_json::Value,
+        workload: Option<&Workload>,
         status: &Arc<Status>,
     ) -> std::io::Result<bool>;
     /// The resource is no longer managed.
@@ -80,10 +80,10 @@ impl<T: StatusStore + ?Sized> StatusStore for Arc<T> {
     fn write(
         &self,
         key: &ResourceKey,
-        object: &dyn Fn() -> serde_json::Value,
+        workload: Option<&Workload>,
         status: &Arc<Status>,
     ) -> std::io::Result<bool> {
-        (**self).write(key, object, status)
+        (**self).write(key, workload, status)
     }
     fn remove(&self, key: &ResourceKey) {
         (**self).remove(key)

@@ -306,15 +306,6 @@ impl Drop for Reporter {
     }
 }
 
-/// The whole resource with `status`, as a store that keeps objects keeps it.
-fn object(key: &ResourceKey, workload: &Workload, status: &Status) -> serde_json::Value {
-    // Plain data with string keys: serializing cannot fail.
-    let mut obj = serde_json::to_value(workload).unwrap_or_default();
-    obj["kind"] = serde_json::Value::String(key.kind.as_str().into());
-    obj["status"] = serde_json::to_value(status).unwrap_or_default();
-    obj
-}
-
 impl Writer {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
@@ -409,12 +400,7 @@ impl Writer {
             if self.lock().statuses.get(&key).map(|p| p.seq) != Some(d.seq) {
                 continue;
             }
-            let object = || {
-                d.workload
-                    .as_ref()
-                    .map_or(serde_json::Value::Null, |w| object(&key, w, &d.status))
-            };
-            match self.store.write(&key, &object, &d.status) {
+            match self.store.write(&key, d.workload.as_deref(), &d.status) {
                 Ok(_) => {
                     let mut p = self.lock();
                     if p.statuses.get(&key).is_some_and(|p| p.seq == d.seq) {

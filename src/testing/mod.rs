@@ -13,7 +13,7 @@ pub use lxd::MemLxd;
 use crate::lxd::ProfileContent;
 use crate::pipeline::Pipeline;
 use crate::reconcile::Options;
-use crate::resource::{ProfileNames, Resource, ResourceKey, Status, parse_str};
+use crate::resource::{ProfileNames, Resource, ResourceKey, Status, Workload, parse_str};
 use crate::status::StatusStore;
 use crate::status::metrics::Telemetry;
 use crate::store::{OWNER_KEY, OWNER_VALUE};
@@ -39,7 +39,7 @@ impl StatusStore for MemStatus {
     fn write(
         &self,
         key: &ResourceKey,
-        _object: &dyn Fn() -> serde_json::Value,
+        _workload: Option<&Workload>,
         status: &Arc<Status>,
     ) -> std::io::Result<bool> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
