@@ -277,7 +277,8 @@ fn file_of_shadow(shadow: &Path) -> Option<PathBuf> {
 }
 
 /// Writes `text` over the file at `path` in place (created, with its directory, when
-/// missing): no truncation to zero first, so its block is neither freed nor discarded.
+/// missing): no truncation to zero first, so its block is neither freed nor discarded;
+/// an old tail beyond `text` is cut after.
 fn rewrite(path: &Path, text: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let open = || {
@@ -297,7 +298,13 @@ fn rewrite(path: &Path, text: &[u8]) -> std::io::Result<()> {
         other => other?,
     };
     file.write_all(text)?;
-    file.set_len(text.len() as u64)
+    // Cut only a longer old text: statuses mostly keep their length, and a truncation
+    // to the same length still dirties the inode (a journal entry each).
+    let len = text.len() as u64;
+    if file.metadata()?.len() > len {
+        file.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// Swaps `shadow` with `path` atomically. When `path` does not exist yet, renames the
