@@ -362,8 +362,10 @@ impl<L: LxdApi> Worker<L> {
         // Drift of the list: LXD moved away from what was applied, the expected list
         // unchanged (a new revision or application is an update, not drift).
         let list_drift = p.list_differs()
-            && self.report.last(key).is_some_and(|s| {
-                matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected
+            && self.report.with_last(key, |s| {
+                s.is_some_and(|s| {
+                    matches!(s.phase, Phase::Applied | Phase::Drifted) && s.profiles == p.expected
+                })
             });
         if self.opts.dry_run {
             return Ok(self.report_drift(key, w, &p, list_drift));
@@ -435,12 +437,9 @@ impl<L: LxdApi> Worker<L> {
         list_drift: bool,
     ) -> Phase {
         let described = p.describe();
-        let prev = self.report.last(key);
-        let new = prev
-            .as_ref()
-            .and_then(|s| s.drift.as_ref())
-            .map(|d| d.last.as_str())
-            != Some(described.as_str());
+        let new = self.report.with_last(key, |prev| {
+            prev.and_then(|s| s.drift.as_ref()).map(|d| d.last.as_str()) != Some(&*described)
+        });
         let outcome = Outcome::Drifted {
             profiles: p.current.clone(),
             described,

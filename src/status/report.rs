@@ -105,8 +105,9 @@ impl Reporter {
         self.with_last(key, |s| s.cloned())
     }
 
-    /// `f` of the status last decided for `key`, lent rather than copied.
-    fn with_last<R>(&self, key: &ResourceKey, f: impl FnOnce(Option<&Status>) -> R) -> R {
+    /// `f` of the status last decided for `key`, lent rather than copied (a status is a
+    /// dozen allocations).
+    pub fn with_last<R>(&self, key: &ResourceKey, f: impl FnOnce(Option<&Status>) -> R) -> R {
         {
             let pending = self.writer.lock();
             if let Some(d) = pending.statuses.get(key) {
