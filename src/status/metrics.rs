@@ -179,12 +179,9 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
-/// Per-resource state the gauges are computed from.
-#[derive(Default)]
-struct Tracked {
-    phase: HashMap<ResourceKey, Phase>,
-    drifted: HashMap<ResourceKey, bool>,
-}
+/// Per resource, the phase and whether it is drifted: what the gauges are computed from.
+/// One map, so that a reconcile that changed neither looks up its key once.
+type Tracked = HashMap<ResourceKey, (Phase, bool)>;
 
 /// Every controller metric, and the facts `/readyz` needs from the LXD side.
 pub struct Metrics {
@@ -362,19 +359,24 @@ impl Metrics {
             .tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The usual case, a reconcile that changed neither: no series touched.
-        if t.phase.get(key) == Some(&phase) && t.drifted.get(key) == Some(&drifted) {
-            return;
-        }
-        if let Some(old) = t.phase.insert(key.clone(), phase) {
+        let was = match t.get_mut(key) {
+            // The usual case, a reconcile that changed neither: no series touched.
+            Some(&mut state) if state == (phase, drifted) => return,
+            Some(state) => Some(std::mem::replace(state, (phase, drifted))),
+            None => {
+                t.insert(key.clone(), (phase, drifted));
+                None
+            }
+        };
+        if let Some((old, _)) = was {
             self.phase_gauge(controller, old).dec();
         }
         self.phase_gauge(controller, phase).inc();
-        let was = t.drifted.insert(key.clone(), drifted).unwrap_or(false);
+        let was_drifted = was.is_some_and(|(_, d)| d);
         let g = self
             .resources_drifted
             .get_or_create(&ControllerLabel { controller });
-        match (was, drifted) {
+        match (was_drifted, drifted) {
             (false, true) => {
                 g.inc();
             }
@@ -391,7 +393,7 @@ impl Metrics {
             .tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.drifted.get(key).copied().unwrap_or(false)
+        t.get(key).is_some_and(|&(_, drifted)| drifted)
     }
 
     /// The resource is no longer managed.
@@ -401,10 +403,11 @@ impl Metrics {
             .tracked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = t.phase.remove(key) {
-            self.phase_gauge(controller, old).dec();
-        }
-        if t.drifted.remove(key) == Some(true) {
+        let Some((old, drifted)) = t.remove(key) else {
+            return;
+        };
+        self.phase_gauge(controller, old).dec();
+        if drifted {
             self.resources_drifted
                 .get_or_create(&ControllerLabel { controller })
                 .dec();
