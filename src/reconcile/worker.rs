@@ -287,22 +287,24 @@ impl<L: LxdApi> Worker<L> {
             return None;
         }
         let d = self.store.desired();
-        let others: Vec<String> = d
-            .keys_for_instance(instance)
-            .into_iter()
-            .filter(|k| k != key)
+        // Empty (no allocation) unless another resource names the instance.
+        let mut others: Vec<&ResourceKey> = d
+            .keys_naming(instance)
+            .filter(|k| *k != key)
             .filter(|k| {
                 d.workload(k)
                     .is_some_and(|o| !o.spec.manual && o.spec.life != crate::resource::Life::Dead)
             })
-            .map(|k| k.to_string())
             .collect();
-        (!others.is_empty()).then(|| {
-            Decision::Invalid(format!(
-                "instance {instance:?} is also named by {}: one instance, one resource; not touched",
-                others.join(", ")
-            ))
-        })
+        if others.is_empty() {
+            return None;
+        }
+        others.sort();
+        let others: Vec<String> = others.iter().map(|k| k.to_string()).collect();
+        Some(Decision::Invalid(format!(
+            "instance {instance:?} is also named by {}: one instance, one resource; not touched",
+            others.join(", ")
+        )))
     }
 
     /// Reconciles one Machine or Container: snapshot -> plan -> apply -> report.

@@ -343,12 +343,18 @@ impl Desired {
 
     /// The Machines and Containers whose instance is `instance`, sorted.
     pub fn keys_for_instance(&self, instance: &str) -> Vec<ResourceKey> {
-        let mut keys: Vec<ResourceKey> = (self.by_instance.get(instance).into_iter())
-            .flat_map(Keys::iter)
-            .cloned()
-            .collect();
+        let mut keys: Vec<ResourceKey> = self.keys_naming(instance).cloned().collect();
         keys.sort();
         keys
+    }
+
+    /// The same, lent and in no order: every reconcile asks whether another resource
+    /// names its instance, and almost always none does.
+    pub fn keys_naming(&self, instance: &str) -> impl Iterator<Item = &ResourceKey> {
+        self.by_instance
+            .get(instance)
+            .into_iter()
+            .flat_map(Keys::iter)
     }
 
     /// The Machines and Containers that expect a profile named `profile`: as a charm
