@@ -72,34 +72,37 @@ impl<'de> Visitor<'de> for OptionAsString {
         Ok(LxdString(String::new()))
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<LxdString, D::Error> {
-        d.deserialize_string(ScalarText)
+        d.deserialize_string(ScalarText).map(LxdString)
     }
 }
 
-struct ScalarText;
+/// Any YAML scalar as its text (`true`, `8`, `0.5`): for a visitor's
+/// `deserialize_string`, here and wherever a hand-written file may leave a string
+/// unquoted (`juju status` read by the importer).
+pub(crate) struct ScalarText;
 
 impl Visitor<'_> for ScalarText {
-    type Value = LxdString;
+    type Value = String;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a scalar value (string, number or boolean)")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<LxdString, E> {
-        Ok(LxdString(v.to_string()))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<LxdString, E> {
-        Ok(LxdString(v))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<LxdString, E> {
-        Ok(LxdString(v.to_string()))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<LxdString, E> {
-        Ok(LxdString(v.to_string()))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<LxdString, E> {
-        Ok(LxdString(v.to_string()))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<LxdString, E> {
-        Ok(LxdString(v.to_string()))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
     }
 }
 

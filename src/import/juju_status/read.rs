@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 use super::super::{ImportError, natural_cmp};
 use crate::resource::LxdProfile;
 use crate::resource::names::check_resource_name;
+use crate::resource::profile::ScalarText;
 
 /// `juju status` colours its YAML on a terminal (3.x): those bytes are not YAML, and a
 /// parser error about them would not say why.
@@ -260,29 +261,7 @@ pub(super) struct Text(pub(super) String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Text;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a scalar (text or a number)")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
-                Ok(Text(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Text, E> {
-                Ok(Text(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
-                Ok(Text(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
-                Ok(Text(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Text, E> {
-                Ok(Text(v.to_string()))
-            }
-        }
-        d.deserialize_string(V)
+        d.deserialize_string(ScalarText).map(Text)
     }
 }
 
