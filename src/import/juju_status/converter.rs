@@ -58,6 +58,15 @@ pub(super) struct Converter {
     out: Import,
 }
 
+/// Juju's word for a host of `kind` in its messages.
+fn host_word(kind: Kind) -> &'static str {
+    if kind == Kind::Machine {
+        "machine"
+    } else {
+        "container"
+    }
+}
+
 fn life_of(agent: &Option<AgentStatus>) -> Option<&str> {
     agent
         .as_ref()
@@ -473,11 +482,7 @@ impl Converter {
             let Some((kind, name)) = self.host_identity(h, units) else {
                 continue;
             };
-            let what = if kind == Kind::Machine {
-                "machine"
-            } else {
-                "container"
-            };
+            let what = host_word(kind);
             let id = &h.id;
             let mut comments = Vec::new();
             let mut spec = InstanceSpec {
@@ -673,11 +678,7 @@ impl Converter {
         if w.spec.instance.is_none() || w.spec.manual || w.spec.life == Life::Dead {
             return;
         }
-        let what = if kind == Kind::Machine {
-            "machine"
-        } else {
-            "container"
-        };
+        let what = host_word(kind);
         let id = &h.id;
         let expected = match expected_list(kind, w, emitted, names) {
             Ok(list) => list,
