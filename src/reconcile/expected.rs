@@ -1,5 +1,7 @@
 //! The expected profile list of an instance (SPEC §3), as a pure function.
 
+use std::borrow::Cow;
+
 use crate::lxd::ProfileContent;
 use crate::resource::{Kind, LxdProfile, ProfileNames, Workload};
 use crate::store::{PackedContent, PreparedApp};
@@ -9,7 +11,8 @@ use crate::store::{PackedContent, PreparedApp};
 /// makes the owned copy a write needs).
 #[derive(Clone, Debug)]
 pub struct CharmProfile<'a> {
-    pub name: String,
+    /// Borrowed from the application, which renders it once.
+    pub name: Cow<'a, str>,
     app: &'a PreparedApp,
     /// The content, packed as the observed state holds LXD's.
     packed: &'a PackedContent,
@@ -82,20 +85,23 @@ pub fn expected_profiles<'a>(
     names: &ProfileNames,
 ) -> Result<ExpectedProfiles<'a>, ExpectedError> {
     let model = &workload.metadata.namespace;
-    let mut list: Vec<String> = vec!["default".into()];
+    let spec = &workload.spec;
+    let mut list: Vec<String> =
+        Vec::with_capacity(2 + spec.extra_profiles.len() + spec.applications.len());
+    list.push("default".into());
     let model_profile = (flavour == Kind::Machine).then(|| names.model_profile(model));
     list.extend(model_profile.clone());
-    for p in &workload.spec.extra_profiles {
-        push_new(&mut list, p.clone());
+    for p in &spec.extra_profiles {
+        push_new(&mut list, p);
     }
-    let mut charm_profiles: Vec<CharmProfile<'a>> = Vec::new();
+    let mut charm_profiles: Vec<CharmProfile<'a>> = Vec::with_capacity(spec.applications.len());
     // Each application in list order, each followed by its subordinates (Juju counts a
     // subordinate's unit on its principal's machine): right after the first principal.
     // Each with its name as the workload spells it (equal to the application's own, and
     // already in the cache: a plan reads nothing of the application but its packed
     // profile and revision).
-    let mut running: Vec<(&'a str, &'a PreparedApp)> = Vec::new();
-    for app_name in &workload.spec.applications {
+    let mut running: Vec<(&'a str, &'a PreparedApp)> = Vec::with_capacity(spec.applications.len());
+    for app_name in &spec.applications {
         let app = application(app_name)
             .ok_or_else(|| ExpectedError::MissingApplication(app_name.clone(), model.clone()))?;
         running.push((app_name, app));
@@ -113,12 +119,17 @@ pub fn expected_profiles<'a>(
                 )));
             }
         };
-        let name = names.charm_profile(model, app_name, app.revision());
+        debug_assert!(
+            app.metadata.name == app_name && app.metadata.namespace == *model,
+            "an application is looked up by the name and namespace its users spell"
+        );
+        let name = app
+            .charm_profile_name(names)
+            .map_err(ExpectedError::InvalidName)?;
         if charm_profiles.iter().any(|c| c.name == name) {
             continue;
         }
-        crate::resource::names::check_profile_name(&name).map_err(ExpectedError::InvalidName)?;
-        push_new(&mut list, name.clone());
+        push_new(&mut list, &name);
         charm_profiles.push(CharmProfile {
             name,
             app,
@@ -136,9 +147,9 @@ pub fn expected_profiles<'a>(
 
 /// Appends `name` unless the list holds it (the first one is kept). A linear look: the
 /// lists are a handful of names.
-fn push_new(list: &mut Vec<String>, name: String) {
-    if !list.contains(&name) {
-        list.push(name);
+fn push_new(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|n| n == name) {
+        list.push(name.to_string());
     }
 }
 

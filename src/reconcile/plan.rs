@@ -208,19 +208,19 @@ pub fn plan<'a>(
         };
         match observed.profile(&cp.name) {
             None => steps.push(Step::CreateProfile {
-                name: cp.name.clone(),
+                name: cp.name.to_string(),
                 content: cp.content(),
                 stamp: stamp(),
             }),
             Some(op) if !cp.is_held_by(&op.content) => {
                 if op.owned {
                     steps.push(Step::ReplaceProfile {
-                        name: cp.name.clone(),
+                        name: cp.name.to_string(),
                         content: cp.content(),
                         stamp: stamp(),
                     });
                 } else {
-                    foreign.push(cp.name.clone());
+                    foreign.push(cp.name.to_string());
                 }
             }
             Some(_) => {}
@@ -244,7 +244,7 @@ pub fn plan<'a>(
     }
     Decision::Act(Plan {
         instance: instance.clone(),
-        current: current.iter().map(|p| p.to_string()).collect(),
+        current: current.iter().map(|p| String::from(&**p)).collect(),
         expected: expected.list,
         steps,
         foreign,

@@ -147,14 +147,28 @@ impl NameTemplate {
         })
     }
 
+    /// One allocation of the exact size: every plan renders the names it expects (a
+    /// growing string reallocated three times, and the revision as a string of its own,
+    /// were a third of a plan's instructions).
     fn render(&self, model: &str, app: &str, rev: u64) -> String {
-        let mut out = String::new();
+        let digits = rev.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let len = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => l.len(),
+                Segment::Model => model.len(),
+                Segment::App => app.len(),
+                Segment::Rev => digits,
+            })
+            .sum();
+        let mut out = String::with_capacity(len);
         for s in &self.segments {
             match s {
                 Segment::Literal(l) => out.push_str(l),
                 Segment::Model => out.push_str(model),
                 Segment::App => out.push_str(app),
-                Segment::Rev => out.push_str(&rev.to_string()),
+                Segment::Rev => push_decimal(&mut out, rev, digits),
             }
         }
         out
@@ -176,6 +190,16 @@ impl NameTemplate {
             None
         }
     }
+}
+
+/// Appends `n`, which has `digits` decimal digits, without formatting machinery.
+fn push_decimal(out: &mut String, mut n: u64, digits: usize) {
+    let mut buf = [b'0'; 20];
+    for b in buf[..digits].iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(buf[..digits].iter().map(|&b| char::from(b)));
 }
 
 /// Backtracking match of `segments` against all of `text`; templates have at most three
@@ -282,6 +306,11 @@ impl ProfileNames {
         self.charm.render(model, app, rev)
     }
 
+    /// The charm template as given (`juju-{model}-{app}-{rev}` by default).
+    pub fn charm_template(&self) -> &str {
+        &self.charm.source
+    }
+
     /// `juju-{model}`.
     pub fn model_profile(&self, model: &str) -> String {
         self.model.render(model, "", 0)
@@ -328,6 +357,9 @@ mod tests {
         let n = ProfileNames::default();
         assert_eq!(n.charm_profile("foo", "bar", 1), "juju-foo-bar-1");
         assert_eq!(n.model_profile("foo"), "juju-foo");
+        for rev in [0, 9, 10, 99, 100, 1_000_007, u64::MAX] {
+            assert_eq!(n.charm_profile("m", "a", rev), format!("juju-m-a-{rev}"));
+        }
     }
 
     #[test]
