@@ -356,8 +356,8 @@ impl<L: LxdApi> Worker<L> {
     ) -> Result<Phase, ReconcileError> {
         if p.is_empty() {
             let outcome = Outcome::InSync {
-                profiles: p.current.clone(),
-                foreign: p.foreign.clone(),
+                profiles: p.current,
+                foreign: p.foreign,
             };
             return Ok(self.report.report(key, w, &outcome));
         }

@@ -311,12 +311,7 @@ impl Desired {
         self.workloads
             .get(key)
             .and_then(|w| w.spec.instance.as_ref())
-            .map(|i| {
-                self.keys_for_instance(i)
-                    .into_iter()
-                    .filter(|k| k != key)
-                    .collect()
-            })
+            .map(|i| self.keys_naming(i).filter(|k| *k != key).cloned().collect())
             .unwrap_or_default()
     }
 
